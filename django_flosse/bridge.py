@@ -1,0 +1,141 @@
+"""Bridges between the view's kind of generator and the server's kind of iteration.
+
+Django alone buffers the two mismatched cases whole (``StreamingHttpResponse`` runs
+``sync_to_async(list)`` or ``async_to_sync`` over the entire iterator), so an endless
+stream never sends a byte. These bridges step one item at a time instead:
+
+* :class:`ThreadedSource` runs a sync generator in one dedicated thread (all its steps on
+  the same thread, so its database connection stays its own) and hands encoded frames to
+  the event loop through a small bounded buffer: the generator runs at most a few items
+  ahead of the client.
+* :func:`iterate_on_private_loop` drives an async iterator from a sync caller (a WSGI
+  server thread) one chunk at a time on an event loop owned by that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+__all__ = ["ThreadedSource", "iterate_on_private_loop"]
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _close_thread_db_connections() -> None:
+    # Database connections are per thread: the ones this generator opened die with it.
+    from django.db import connections
+
+    connections.close_all()
+
+
+class ThreadedSource:
+    """An async iterator of encoded frames produced by a sync iterator in its own thread."""
+
+    def __init__(self, iterator: Iterator[Any], encode: Callable[[Any], bytes], ahead: int) -> None:
+        self._iterator = iterator
+        self._encode = encode
+        self._ahead = ahead
+        self._buffer: deque[bytes] = deque()
+        self._cond = threading.Condition(threading.Lock())  # this connection's only
+        self._end: BaseException | None = None  # set by the thread when it stops
+        self._closed = False  # set by the consumer: stop after the current item
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+
+    def __aiter__(self) -> ThreadedSource:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            with self._cond:
+                if self._buffer:
+                    frame = self._buffer.popleft()
+                    self._cond.notify()  # the producer may be waiting for room
+                    return frame
+                if self._end is not None:
+                    raise self._end
+                if self.thread is None:
+                    self._start()
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
+
+    def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # structlog's bound values follow the view
+        self.thread = threading.Thread(
+            target=context.run, args=(self._produce,), name="flosse-sync-stream", daemon=True
+        )
+        self.thread.start()
+
+    def _produce(self) -> None:
+        end: BaseException = StopAsyncIteration()
+        try:
+            for item in self._iterator:
+                frame = self._encode(item)
+                with self._cond:
+                    while len(self._buffer) >= self._ahead and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        break
+                    self._buffer.append(frame)
+                    self._notify_consumer()
+        except BaseException as exc:  # handed to the consumer, which logs it as the stream's error
+            end = exc
+        finally:
+            close = getattr(self._iterator, "close", None)
+            try:
+                if close is not None:
+                    close()  # GeneratorExit at the generator's yield, in its own thread
+            finally:
+                _close_thread_db_connections()
+                with self._cond:
+                    self._end = end
+                    self._notify_consumer()
+
+    def _notify_consumer(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(_wake, waiter)
+
+    async def aclose(self) -> None:
+        """Ask the thread to stop; it closes the generator after its current step.
+
+        It is not joined: a generator blocked in a long call finishes that call in the
+        background rather than holding up the server's cleanup of this connection.
+        """
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+
+def iterate_on_private_loop(frames: AsyncIterator[bytes]) -> Iterator[bytes]:
+    """Iterate an async iterator from sync code, one item per turn of a private loop.
+
+    When the caller stops early (a WSGI server closes the response because the client went
+    away), the async iterator is closed on the same loop, so its cleanup runs where it ran.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                chunk = loop.run_until_complete(frames.__anext__())
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        try:
+            aclose = getattr(frames, "aclose", None)
+            if aclose is not None:
+                loop.run_until_complete(aclose())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()

@@ -1,0 +1,113 @@
+"""Turn whatever a view yields into SSE wire text: the yield styles.
+
+=====================================  ==================================================
+yield                                  event
+=====================================  ==================================================
+``"text"``                             ``data: text``
+``(event, data)``                      named event; non-``str`` data is JSON
+``(event, data, id)``                  named event with an id (``None`` ids are omitted)
+``{"data": ..., "event": ..., ...}``   keys ``data``, ``event``, ``id``, ``retry`` only
+``{...}`` without ``"data"``           the whole dict is JSON data
+``SSEEvent(...)``                      used as is
+numbers, booleans, ``None``, lists     JSON data
+``bytes``, unserialisable objects      :class:`~django_flosse.exceptions.SSEYieldError`
+=====================================  ==================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .events import Dumps, SSEEvent, encode_event
+from .exceptions import SSEYieldError
+
+__all__ = ["encode_item", "format_item", "make_encoder", "to_sse"]
+
+_DICT_KEYS = frozenset({"data", "event", "id", "retry"})
+
+
+def _json(value: Any, dumps: Dumps) -> str:
+    try:
+        return dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise SSEYieldError(
+            f"cannot serialise {type(value).__name__} as JSON event data: {exc}"
+        ) from exc
+
+
+def _text(value: Any, dumps: Dumps) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise SSEYieldError(
+            f"event data may not be {type(value).__name__}: decode it to str first "
+            "(an event stream is text)"
+        )
+    return _json(value, dumps)
+
+
+def format_item(raw: Any, dumps: Dumps) -> str:
+    """Return the wire text for one yielded value, or raise ``SSEYieldError``/``ValueError``."""
+    kind = type(raw)
+    if kind is str:
+        return encode_event(raw)
+    if isinstance(raw, tuple):
+        if len(raw) == 2:
+            event, data = raw
+            return encode_event(_text(data, dumps), event=event)
+        if len(raw) == 3:
+            event, data, id_ = raw
+            return encode_event(_text(data, dumps), event=event, id=id_)
+        raise SSEYieldError(
+            f"a tuple yield must be (event, data) or (event, data, id); got a {len(raw)}-tuple"
+        )
+    if isinstance(raw, SSEEvent):
+        return encode_event(
+            _text(raw.data, dumps), event=raw.event, id=raw.id, retry=raw.retry, comment=raw.comment
+        )
+    if isinstance(raw, dict):
+        if "data" not in raw:
+            return encode_event(_json(raw, dumps))
+        unknown = raw.keys() - _DICT_KEYS
+        if unknown:
+            raise SSEYieldError(
+                f"unknown key(s) {sorted(map(str, unknown))} in a dict yield; allowed keys are "
+                "'data', 'event', 'id' and 'retry' (a dict without 'data' is sent whole as JSON)"
+            )
+        return encode_event(
+            _text(raw["data"], dumps), event=raw.get("event"), id=raw.get("id"), retry=raw.get("retry")
+        )
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raise SSEYieldError(
+            f"a view may not yield {kind.__name__}: yield str (or data that serialises to JSON)"
+        )
+    return encode_event(_json(raw, dumps))
+
+
+def encode_item(raw: Any, dumps: Dumps) -> bytes:
+    """The hot path: one yielded value to the UTF-8 bytes handed to the server."""
+    text = format_item(raw, dumps)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SSEYieldError(
+            f"event text contains a character that is not valid in UTF-8 "
+            f"(a lone surrogate?) at position {exc.start}"
+        ) from exc
+
+
+def to_sse(raw: Any) -> str:
+    """Convert one yielded value to SSE wire text (the 0.2.0 function; still returns ``str``)."""
+    from .conf import get_config
+
+    return format_item(raw, get_config().dumps)
+
+
+def make_encoder(dumps: Dumps) -> Callable[[Any], bytes]:
+    """``encode_item`` with its JSON serialiser bound (one call per event on the hot path)."""
+
+    def encode(raw: Any) -> bytes:
+        return encode_item(raw, dumps)
+
+    return encode

@@ -1,0 +1,75 @@
+"""``SSEResponse``: a ``StreamingHttpResponse`` that streams event by event on any server.
+
+Django decides how to iterate a streaming response from the kind of its iterator and
+buffers the mismatched cases whole. This subclass answers both ways itself: ``__aiter__``
+(ASGI) runs the stream natively, ``__iter__`` (WSGI, the sync test client) drives it on a
+private event loop, one chunk at a time. Middleware that replaces ``streaming_content`` is
+honoured: its iterator is bridged the same way, never buffered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from django.http import StreamingHttpResponse
+
+from .bridge import ThreadedSource, iterate_on_private_loop
+from .lifecycle import Stream
+
+__all__ = ["SSEResponse"]
+
+CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+
+async def _as_bytes(source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for frame in source:
+        yield frame
+
+
+class SSEResponse(StreamingHttpResponse):
+    """The response of every ``@sse_stream`` view."""
+
+    def __init__(self, stream: Stream, *, is_async: bool, gzip: bool = False) -> None:
+        super().__init__(content_type=CONTENT_TYPE)
+        self._replaced = False  # the base __init__ went through the setter above
+        self.stream = stream
+        # As in Django: ``is_async`` tells middleware which kind of iterator
+        # ``streaming_content`` gives. Ours serves both; this follows the view.
+        self.is_async = is_async
+        self["Cache-Control"] = "no-cache, no-transform"
+        self["X-Accel-Buffering"] = "no"
+        if gzip:
+            # We compress ourselves with a flush per chunk; GZipMiddleware sees the header
+            # and leaves the response alone (its sync path would hold events back).
+            self["Content-Encoding"] = "gzip"
+            self["Vary"] = "Accept-Encoding"
+
+    @property  # type: ignore[override]
+    def streaming_content(self) -> Any:
+        if self._replaced:
+            return super().streaming_content
+        return self.__aiter__() if self.is_async else self.__iter__()
+
+    @streaming_content.setter
+    def streaming_content(self, value: Any) -> None:
+        self._set_streaming_content(value)
+        self._replaced = True
+
+    def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        if not self._replaced:
+            return self.stream.frames()
+        content = super().streaming_content
+        if hasattr(content, "__aiter__"):
+            return content  # type: ignore[no-any-return]
+        # Middleware replaced our content with a sync iterator: step it in a thread.
+        return _as_bytes(ThreadedSource(iter(content), bytes, ahead=1))
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._replaced and not self.is_async:
+            return iter(super().streaming_content)
+        frames = iterate_on_private_loop(self.__aiter__())
+        # WSGI servers call response.close(), not close() on this iterator: make sure the
+        # stream (and the user's generator) is closed then, not whenever it is collected.
+        self._resource_closers.append(frames.close)
+        return frames
