@@ -14,6 +14,7 @@ import asyncio
 import json
 import secrets
 import time
+import uuid
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -22,7 +23,7 @@ from django.conf import settings
 
 from . import reasons
 from .events import KEEPALIVE, encode_event, retry_frame
-from .log import STREAM_ERROR, get_logger
+from .log import CONNECTION_CLOSED, CONNECTION_OPENED, STREAM_ERROR, get_logger
 from .stepping import Step, wait_for_future
 
 __all__ = ["MAX_CHUNK_BYTES", "Stream"]
@@ -60,6 +61,8 @@ class Stream:
         gzip: bool = False,
     ) -> None:
         self.name = name
+        self.id = uuid.uuid4().hex
+        self.opened_at: float | None = None
         self.events_sent = 0
         self.bytes_sent = 0
         self.last_event_at: float | None = None
@@ -78,8 +81,10 @@ class Stream:
         heartbeat = self._heartbeat
         out: list[bytes] = [self._first] if self._first else []
         size = len(self._first)
-        last_sent = time.monotonic()
+        last_sent = started = time.monotonic()
         reason = reasons.CANCELLED
+        self.opened_at = time.time()
+        get_logger().info(CONNECTION_OPENED, connection_id=self.id, stream=self.name)
         try:
             finished = False
             while True:
@@ -154,9 +159,20 @@ class Stream:
             yield self._count(b"".join(out))
         finally:
             self.close_reason = reason
-            aclose = getattr(self._source, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                aclose = getattr(self._source, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                get_logger().info(
+                    CONNECTION_CLOSED,
+                    connection_id=self.id,
+                    stream=self.name,
+                    reason=reason,
+                    duration=round(time.monotonic() - started, 3),
+                    events=self.events_sent,
+                    bytes=self.bytes_sent,
+                )
 
     def _count(self, chunk: bytes) -> bytes:
         if self._gzip is not None:
@@ -171,13 +187,19 @@ class Stream:
             await step.cancel()
         except Exception:
             get_logger().warning(
-                STREAM_ERROR, stream=self.name, during="cleanup after cancellation", exc_info=True
+                STREAM_ERROR,
+                connection_id=self.id,
+                stream=self.name,
+                during="cleanup after cancellation",
+                exc_info=True,
             )
 
     def _fail(self, exc: BaseException) -> bytes:
         """Log the failure with its traceback and return the one error frame for the client."""
         self.error_id = error_id = secrets.token_hex(4)
-        get_logger().error(STREAM_ERROR, stream=self.name, error_id=error_id, exc_info=exc)
+        get_logger().error(
+            STREAM_ERROR, connection_id=self.id, stream=self.name, error_id=error_id, exc_info=exc
+        )
         payload: dict[str, str] = {"message": ERROR_MESSAGE, "error_id": error_id}
         if settings.DEBUG:
             payload["detail"] = f"{type(exc).__name__}: {exc}"
