@@ -7,8 +7,9 @@ Settings are never read at import time; :func:`get_config` caches the merged res
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,21 @@ DEFAULTS: Mapping[str, Any] = {
     "JSON_ENCODER": "django.core.serializers.json.DjangoJSONEncoder",
     # Items a sync generator may run ahead of the client when it runs in its own thread.
     "SYNC_READ_AHEAD": 16,
+    # Registry observers (dotted paths or instances); [] turns metrics and logs off.
+    "OBSERVERS": ["django_flosse.metrics.MetricsObserver", "django_flosse.log.LogObserver"],
+    # Default connection limits for every stream (per process); None: no limit.
+    "MAX_CONNECTIONS": None,
+    "MAX_CONNECTIONS_PER_USER": None,
+    # Seconds sent in Retry-After with 503/429 when a limit refuses a request.
+    "LIMIT_RETRY_AFTER": 5,
+    # request.META key holding the client address set by a trusted proxy, e.g.
+    # "HTTP_X_FORWARDED_FOR" (its first address is used); None: REMOTE_ADDR.
+    "CLIENT_IP_HEADER": None,
+    # Record client IPs in the registry, logs and history (False: never stored).
+    "RECORD_CLIENT_IP": True,
+    # Who may read flosse:metrics besides loopback and staff users.
+    "METRICS_ALLOWED_NETWORKS": [],
+    "METRICS_TOKEN": None,
 }
 
 
@@ -38,15 +54,67 @@ class Config:
     heartbeat: float | None
     json_encoder: type[json.JSONEncoder]
     sync_read_ahead: int
+    observers: tuple[Any, ...]
+    max_connections: int | None
+    max_connections_per_user: int | None
+    limit_retry_after: int
+    client_ip_header: str | None
+    record_client_ip: bool
+    metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    metrics_token: str | None
     dumps: Dumps = field(repr=False)
 
 
-def _positive_number_or_none(key: str, value: Any) -> float | None:
+def _fail(key: str, expected: str, value: Any) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"FLOSSE[{key!r}] must be {expected}; got {value!r}")
+
+
+def _positive_or_none(key: str, value: Any) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ImproperlyConfigured(f"FLOSSE[{key!r}] must be a positive number or None; got {value!r}")
+        raise _fail(key, "a positive number or None", value)
     return float(value)
+
+
+def _count_or_none(key: str, value: Any, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(key, f"an int >= {minimum} or None", value)
+    return value
+
+
+def _encoder(value: Any) -> type[json.JSONEncoder]:
+    encoder = import_string(value) if isinstance(value, str) else value
+    if not (isinstance(encoder, type) and issubclass(encoder, json.JSONEncoder)):
+        raise _fail("JSON_ENCODER", "a json.JSONEncoder subclass or its dotted path", value)
+    return encoder
+
+
+def _observers(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise _fail("OBSERVERS", "a list of observer classes, instances or dotted paths", value)
+    observers = []
+    for item in value:
+        observer = import_string(item) if isinstance(item, str) else item
+        observers.append(observer() if isinstance(observer, type) else observer)
+    return tuple(observers)
+
+
+def _networks(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise _fail("METRICS_ALLOWED_NETWORKS", "a list of networks such as '10.0.0.0/8'", value)
+    try:
+        return tuple(ipaddress.ip_network(net, strict=False) for net in value)
+    except ValueError as exc:
+        raise _fail("METRICS_ALLOWED_NETWORKS", f"a list of valid networks ({exc})", value) from exc
+
+
+def _optional_str(key: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _fail(key, "a non-empty str or None", value)
+    return value
 
 
 def _build(overrides: Mapping[str, Any]) -> Config:
@@ -57,20 +125,29 @@ def _build(overrides: Mapping[str, Any]) -> Config:
             f"Known settings: {', '.join(sorted(DEFAULTS))}."
         )
     merged = {**DEFAULTS, **overrides}
-    encoder = merged["JSON_ENCODER"]
-    if isinstance(encoder, str):
-        encoder = import_string(encoder)
-    if not (isinstance(encoder, type) and issubclass(encoder, json.JSONEncoder)):
-        raise ImproperlyConfigured(
-            f"FLOSSE['JSON_ENCODER'] must be a json.JSONEncoder subclass; got {encoder!r}"
-        )
-    read_ahead = merged["SYNC_READ_AHEAD"]
-    if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 1:
-        raise ImproperlyConfigured(f"FLOSSE['SYNC_READ_AHEAD'] must be an int >= 1; got {read_ahead!r}")
+    encoder = _encoder(merged["JSON_ENCODER"])
+    read_ahead = _count_or_none("SYNC_READ_AHEAD", merged["SYNC_READ_AHEAD"])
+    if read_ahead is None:
+        raise _fail("SYNC_READ_AHEAD", "an int >= 1", None)
+    retry_after = _count_or_none("LIMIT_RETRY_AFTER", merged["LIMIT_RETRY_AFTER"], minimum=0)
+    if retry_after is None:
+        raise _fail("LIMIT_RETRY_AFTER", "an int >= 0", None)
+    if not isinstance(merged["RECORD_CLIENT_IP"], bool):
+        raise _fail("RECORD_CLIENT_IP", "True or False", merged["RECORD_CLIENT_IP"])
     return Config(
-        heartbeat=_positive_number_or_none("HEARTBEAT", merged["HEARTBEAT"]),
+        heartbeat=_positive_or_none("HEARTBEAT", merged["HEARTBEAT"]),
         json_encoder=encoder,
         sync_read_ahead=read_ahead,
+        observers=_observers(merged["OBSERVERS"]),
+        max_connections=_count_or_none("MAX_CONNECTIONS", merged["MAX_CONNECTIONS"]),
+        max_connections_per_user=_count_or_none(
+            "MAX_CONNECTIONS_PER_USER", merged["MAX_CONNECTIONS_PER_USER"]
+        ),
+        limit_retry_after=retry_after,
+        client_ip_header=_optional_str("CLIENT_IP_HEADER", merged["CLIENT_IP_HEADER"]),
+        record_client_ip=merged["RECORD_CLIENT_IP"],
+        metrics_allowed_networks=_networks(merged["METRICS_ALLOWED_NETWORKS"]),
+        metrics_token=_optional_str("METRICS_TOKEN", merged["METRICS_TOKEN"]),
         dumps=json_dumps_with(encoder),
     )
 
@@ -86,5 +163,5 @@ def get_config() -> Config:
 
 @receiver(setting_changed)
 def _clear_cache(*, setting: str, **kwargs: Any) -> None:
-    if setting == "FLOSSE":
+    if setting in ("FLOSSE", "DEBUG"):
         get_config.cache_clear()

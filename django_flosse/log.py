@@ -8,16 +8,28 @@ not, our events go through the standard library logger ``django_flosse``, so Dja
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-__all__ = ["CONNECTION_CLOSED", "CONNECTION_OPENED", "CONNECTION_REJECTED", "STREAM_ERROR", "get_logger"]
+if TYPE_CHECKING:
+    from .registry import Connection
+
+__all__ = [
+    "CONNECTION_CLOSED",
+    "CONNECTION_OPENED",
+    "CONNECTION_REJECTED",
+    "OBSERVER_ERROR",
+    "STREAM_ERROR",
+    "LogObserver",
+    "get_logger",
+]
 
 CONNECTION_OPENED = "sse.connection.opened"
 CONNECTION_CLOSED = "sse.connection.closed"
 CONNECTION_REJECTED = "sse.connection.rejected"
 STREAM_ERROR = "sse.stream.error"
+OBSERVER_ERROR = "sse.observer.error"
 
 _STDLIB_LOGGER = logging.getLogger("django_flosse")
 
@@ -40,3 +52,33 @@ def get_logger() -> Any:
         processors=[structlog.contextvars.merge_contextvars, _render_for_stdlib],
         wrapper_class=structlog.stdlib.BoundLogger,
     )
+
+
+class LogObserver:
+    """Logs connection opened/closed/rejected (INFO; never a line per event)."""
+
+    def connection_opened(self, connection: Connection) -> None:
+        get_logger().info(
+            CONNECTION_OPENED,
+            connection_id=connection.id,
+            stream=connection.stream,
+            path=connection.path,
+            user_id=connection.user_id,
+            client_ip=connection.client_ip,
+            last_event_id=connection.last_event_id or None,
+        )
+
+    def connection_closed(self, connection: Connection) -> None:
+        get_logger().info(
+            CONNECTION_CLOSED,
+            connection_id=connection.id,
+            stream=connection.stream,
+            reason=connection.close_reason,
+            duration=round(connection.duration, 3),
+            events=connection.events_sent,
+            bytes=connection.bytes_sent,
+            error_id=connection.error_id,
+        )
+
+    def connection_rejected(self, stream: str, reason: str) -> None:
+        get_logger().warning(CONNECTION_REJECTED, stream=stream, reason=reason)

@@ -21,4 +21,5 @@ urlpatterns = [
     path("resume/", views.resume),
     path("class-based/", views.CountView.as_view()),
     path("pid/", views.pid_view),
+    path("async/resume/", views.async_resume),
 ]

@@ -135,3 +135,12 @@ def pid_view(request: HttpRequest) -> Any:
     from django.http import JsonResponse
 
     return JsonResponse({"pid": os.getpid()})
+
+
+@sse_stream
+async def async_resume(request: HttpRequest) -> AsyncIterator[Any]:
+    """The async twin of ``resume``: resumes after the Last-Event-ID header."""
+    last = request.headers.get("Last-Event-ID", "")
+    start = int(last) + 1 if last.isdigit() else 0
+    for i in range(start, start + 3):
+        yield SSEEvent(data={"i": i}, event="tick", id=i)

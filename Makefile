@@ -1,0 +1,136 @@
+# django-flosse developer commands. Run `make help` for the list.
+#
+# Every target builds .venv on first use (with whatever `python3` is, 3.10+) and reinstalls
+# `-e .[test]` only when pyproject.toml changes (stamp file .venv/.installed).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
+
+DJ6_VENV := .venv-dj6
+DJ6_PY := $(DJ6_VENV)/bin/python
+DJ6_STAMP := $(DJ6_VENV)/.installed
+
+PORT ?= 8000
+PYTEST_ARGS ?=
+# 1: make test-matrix fails instead of skipping when no Python 3.12+ is found.
+REQUIRE_DJANGO6 ?= 0
+# Set to a Python 3.12+ interpreter to skip the search in test-matrix.
+DJ6_PYTHON ?=
+
+PIP_FLAGS := --disable-pip-version-check --quiet
+
+.PHONY: help venv test test-matrix demo lint format docs clean distclean
+
+help:
+	@echo "make demo          run the example project on http://127.0.0.1:$(PORT)/ (PORT=...)"
+	@echo "make test          pytest in .venv, then test-matrix (PYTEST_ARGS=... passed on)"
+	@echo "make test-matrix   pytest once more with Django 6.x on Python 3.12+ (.venv-dj6)"
+	@echo "make lint          ruff check, ruff format --check, mypy django_flosse"
+	@echo "make format        ruff format + ruff check --fix"
+	@echo "make docs          mkdocs build --strict into site/"
+	@echo "make clean         remove caches and build output (distclean: also the venvs)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  echo "error: django-flosse needs Python 3.10+, but '$(PYTHON)' is:" \
+	    "$$(command -v $(PYTHON) >/dev/null 2>&1 && $(PYTHON) --version 2>&1 || echo 'not found')." \
+	    "Install a newer one, or point at it: make PYTHON=/path/to/python3.12 ..." >&2; \
+	  exit 1; }
+	@if [ ! -x $(PY) ]; then \
+	  echo "creating $(VENV) with $$($(PYTHON) --version 2>&1)"; \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[test]'
+	@touch $@
+
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[docs]'
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-matrix
+
+# Django 6.x needs Python 3.12+. Look for one: DJ6_PYTHON, python3.13, python3.12, then
+# pyenv's installed versions (their shims fail unless the version is activated, so each
+# candidate is run, and the real interpreter path is what gets used).
+test-matrix:
+	@set -euo pipefail; \
+	is_312() { "$$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; }; \
+	found=""; \
+	candidates=( $(DJ6_PYTHON) python3.13 python3.12 ); \
+	if command -v pyenv >/dev/null 2>&1; then \
+	  root="$$(pyenv root 2>/dev/null || true)"; \
+	  if [ -n "$$root" ]; then \
+	    for v in $$(ls -1 "$$root/versions" 2>/dev/null | grep -E '^3\.(1[2-9]|[2-9][0-9])(\.[0-9]+)*$$' | sort -t. -k1,1nr -k2,2nr -k3,3nr); do \
+	      candidates+=( "$$root/versions/$$v/bin/python3" ); \
+	    done; \
+	  fi; \
+	fi; \
+	for c in "$${candidates[@]}"; do \
+	  if is_312 "$$c"; then found="$$("$$c" -c 'import sys; print(sys.executable)')"; break; fi; \
+	done; \
+	if [ -z "$$found" ]; then \
+	  echo "" >&2; \
+	  echo "######################################################################" >&2; \
+	  echo "test-matrix: SKIPPED - no Python 3.12+ found, Django 6.x was NOT tested" >&2; \
+	  echo "######################################################################" >&2; \
+	  if [ "$(REQUIRE_DJANGO6)" = "1" ]; then echo "test-matrix: REQUIRE_DJANGO6=1, failing" >&2; exit 1; fi; \
+	  exit 0; \
+	fi; \
+	if [ -x $(DJ6_PY) ] && ! is_312 $(DJ6_PY); then rm -rf $(DJ6_VENV); fi; \
+	if [ ! -x $(DJ6_PY) ]; then \
+	  echo "test-matrix: creating $(DJ6_VENV) with $$("$$found" --version) ($$found)"; \
+	  "$$found" -m venv $(DJ6_VENV); \
+	fi; \
+	if [ ! -f $(DJ6_STAMP) ] || [ pyproject.toml -nt $(DJ6_STAMP) ]; then \
+	  $(DJ6_PY) -m pip install $(PIP_FLAGS) --upgrade pip; \
+	  $(DJ6_PY) -m pip install $(PIP_FLAGS) -e '.[test]' 'Django>=6.0,<7'; \
+	  touch $(DJ6_STAMP); \
+	fi; \
+	echo "test-matrix: Python $$($(DJ6_PY) -c 'import platform; print(platform.python_version())')," \
+	  "Django $$($(DJ6_PY) -c 'import django; print(django.get_version())')"; \
+	$(DJ6_PY) -m pytest $(PYTEST_ARGS)
+
+# uvicorn waits for open responses on shutdown, and SSE streams never end by themselves:
+# --timeout-graceful-shutdown makes Ctrl-C stop the demo within two seconds.
+demo: $(STAMP)
+	$(PY) example/manage.py migrate --noinput
+	@echo ""
+	@echo "  django-flosse demo:  http://127.0.0.1:$(PORT)/"
+	@echo "  admin:               http://127.0.0.1:$(PORT)/admin/"
+	@echo "                       (create a login: $(PY) example/manage.py createsuperuser)"
+	@echo "  Ctrl-C to stop."
+	@echo ""
+	@exec $(PY) -m uvicorn demo.asgi:application --app-dir example \
+	  --host 127.0.0.1 --port $(PORT) --lifespan off --timeout-graceful-shutdown 2
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy django_flosse
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+clean:
+	rm -rf build dist site htmlcov .coverage .coverage.* .pytest_cache .mypy_cache \
+	  .ruff_cache .hypothesis *.egg-info example/db.sqlite3
+	find . -path ./.venv -prune -o -path ./$(DJ6_VENV) -prune -o \
+	  -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(DJ6_VENV)

@@ -1,0 +1,154 @@
+"""Prometheus metrics: every prometheus_client object, defined once, on the default registry.
+
+Projects that already expose ``/metrics`` (django-prometheus, prometheus_client's own view)
+get these for free; ``flosse:metrics`` serves them too (multiprocess-aware). The label
+``stream`` is the stream's name, never a user, IP or connection id.
+
+Events and bytes are not counted per event: :class:`MetricsObserver` folds each live
+connection's counters into the Prometheus counters at most once a second (and at close),
+from one background thread, so the hot path never touches a metric lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from .registry import Connection
+
+__all__ = [
+    "CONNECTIONS_ACTIVE",
+    "CONNECTIONS_CLOSED",
+    "CONNECTIONS_OPENED",
+    "CONNECTIONS_REJECTED",
+    "CONNECTION_DURATION",
+    "EVENTS_SENT",
+    "FOLD_INTERVAL",
+    "SENT_BYTES",
+    "MetricsObserver",
+]
+
+#: Seconds between two folds of live connections' event and byte counters.
+FOLD_INTERVAL = 1.0
+
+CONNECTIONS_ACTIVE = Gauge(
+    "flosse_connections_active",
+    "SSE connections streaming right now.",
+    ["stream"],
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_OPENED = Counter(
+    "flosse_connections_opened",
+    "SSE connections accepted.",
+    ["stream"],
+)
+CONNECTIONS_CLOSED = Counter(
+    "flosse_connections_closed",
+    "SSE connections ended, by close reason (completed, cancelled, error, terminated, "
+    "shutdown, timeout, lost).",
+    ["stream", "reason"],
+)
+CONNECTIONS_REJECTED = Counter(
+    "flosse_connections_rejected",
+    "SSE requests refused before streaming (forbidden, stream_limit, user_limit).",
+    ["stream", "reason"],
+)
+EVENTS_SENT = Counter(
+    "flosse_events_sent",
+    "SSE events sent (keep-alive comments and retry frames are not events).",
+    ["stream"],
+)
+SENT_BYTES = Counter(
+    "flosse_sent_bytes",
+    "Bytes handed to the server: events, comments and retry frames (compressed size when "
+    "the stream is gzipped).",
+    ["stream"],
+)
+CONNECTION_DURATION = Histogram(
+    "flosse_connection_duration_seconds",
+    "How long SSE connections lasted.",
+    ["stream"],
+    buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400),
+)
+
+
+class MetricsObserver:
+    """Keeps the metrics above up to date from the registry's notifications."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Live connections and what of their counters is already in Prometheus.
+        self._folded: dict[Connection, list[int]] = {}
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def connection_opened(self, connection: Connection) -> None:
+        CONNECTIONS_ACTIVE.labels(connection.stream).inc()
+        CONNECTIONS_OPENED.labels(connection.stream).inc()
+        with self._lock:
+            self._folded[connection] = [0, 0]
+            if self._thread is None or not self._thread.is_alive():
+                self._start_folding()
+
+    def connection_closed(self, connection: Connection) -> None:
+        with self._lock:
+            self._fold(connection, self._folded.pop(connection, [0, 0]))
+        CONNECTIONS_ACTIVE.labels(connection.stream).dec()
+        CONNECTIONS_CLOSED.labels(connection.stream, connection.close_reason or "").inc()
+        CONNECTION_DURATION.labels(connection.stream).observe(connection.duration)
+
+    def connection_rejected(self, stream: str, reason: str) -> None:
+        CONNECTIONS_REJECTED.labels(stream, reason).inc()
+
+    def fold(self) -> None:
+        """Fold every live connection's new events and bytes into the counters now."""
+        # One lock for the whole fold (once a second, never per event), so a connection
+        # closing meanwhile cannot fold the same events twice.
+        with self._lock:
+            for connection, folded in self._folded.items():
+                self._fold(connection, folded)
+
+    @staticmethod
+    def _fold(connection: Connection, folded: list[int]) -> None:
+        # Read each counter once: the streaming thread may bump it meanwhile.
+        events, sent = connection.events_sent, connection.bytes_sent
+        if events > folded[0]:
+            EVENTS_SENT.labels(connection.stream).inc(events - folded[0])
+            folded[0] = events
+        if sent > folded[1]:
+            SENT_BYTES.labels(connection.stream).inc(sent - folded[1])
+            folded[1] = sent
+
+    def _start_folding(self) -> None:
+        self._thread = threading.Thread(
+            target=_fold_forever, args=(weakref.ref(self),), name="flosse-metrics", daemon=True
+        )
+        self._thread.start()
+
+
+def _fold_forever(ref: weakref.ReferenceType[MetricsObserver]) -> None:
+    while True:
+        observer = ref()
+        if observer is None:
+            return
+        with observer._lock:
+            idle = not observer._folded
+            if idle:
+                observer._thread = None
+        if idle:
+            return  # restarted by the next connection
+        observer.fold()
+        wake = observer._wake
+        del observer
+        wake.wait(FOLD_INTERVAL)
+
+
+def prometheus_view() -> Any:
+    """prometheus_client's own Django view (multiprocess-aware), for ``flosse:metrics``."""
+    from prometheus_client.django import PrometheusDjangoView
+
+    return PrometheusDjangoView
+

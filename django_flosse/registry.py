@@ -1,0 +1,245 @@
+"""The live connections of this process, and what happened to the ones that ended.
+
+Every ``@sse_stream`` connection is registered when its request is accepted and closed
+exactly once, with one reason. The registry notifies observers (metrics, logs, persistence,
+the dashboard, a project's own) on open, close and rejection; it never calls them per
+event. Per-event accounting lives on the :class:`Connection` itself: a few integer updates
+by the one task or thread that streams it, no lock shared between connections. Readers on
+other threads see counters that are at most one chunk old, which is all a dashboard needs.
+
+Open and close take one short process-wide lock so that connection limits are exact under
+concurrency: 200 simultaneous requests against a limit of 50 admit exactly 50.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from . import reasons
+
+__all__ = [
+    "Connection",
+    "Observer",
+    "Registry",
+    "StreamTotals",
+    "registry",
+]
+
+
+@dataclass(eq=False)
+class Connection:
+    """One SSE connection. Fields after ``opened_at`` change while it streams."""
+
+    id: str
+    stream: str
+    path: str = ""
+    route: str = ""
+    user_id: str | None = None
+    username: str = ""
+    client_ip: str | None = None
+    user_agent: str = ""
+    last_event_id: str = ""
+    process: str = ""
+    opened_at: float = field(default_factory=time.time)
+    events_sent: int = 0
+    bytes_sent: int = 0
+    last_event_at: float | None = None
+    closed_at: float | None = None
+    close_reason: str | None = None
+    error_id: str | None = None
+    #: Set (by the admin's terminate, or at shutdown) to ask the stream to end with this reason.
+    stop_reason: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+    @property
+    def duration(self) -> float:
+        return (self.closed_at or time.time()) - self.opened_at
+
+    def snapshot(self) -> Connection:
+        """A copy that no longer changes (safe to hand to another thread)."""
+        return replace(self)
+
+
+@dataclass
+class StreamTotals:
+    """What one stream name has done in this process since it started."""
+
+    stream: str
+    active: int = 0
+    opened: int = 0
+    closed: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    events_sent: int = 0  # of closed connections; add the live ones' for a running total
+    bytes_sent: int = 0
+
+    def copy(self) -> StreamTotals:
+        return replace(self, closed=Counter(self.closed), rejected=Counter(self.rejected))
+
+
+class Observer(Protocol):
+    """Receives the registry's notifications. Methods are called on the streaming thread
+    or event loop: keep them quick and never block (queue work for a thread instead)."""
+
+    def connection_opened(self, connection: Connection) -> None: ...
+
+    def connection_closed(self, connection: Connection) -> None: ...
+
+    def connection_rejected(self, stream: str, reason: str) -> None: ...
+
+
+def current_process() -> str:
+    """``host:pid`` of this process (computed on each call: a worker may have forked)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[str, Connection] = {}
+        self._totals: dict[str, StreamTotals] = {}
+        self._per_user: Counter[tuple[str, str]] = Counter()
+        self._observers: list[Observer] = []
+
+    # -- observers ---------------------------------------------------------------------
+    def subscribe(self, observer: Observer) -> None:
+        """Add an observer for this process (in addition to ``FLOSSE["OBSERVERS"]``)."""
+        with self._lock:
+            if observer not in self._observers:
+                self._observers = [*self._observers, observer]
+
+    def unsubscribe(self, observer: Observer) -> None:
+        with self._lock:
+            self._observers = [o for o in self._observers if o is not observer]
+
+    def observers(self) -> list[Observer]:
+        from .conf import get_config
+
+        return [*get_config().observers, *self._observers]
+
+    def _notify(self, method: str, *args: Any) -> None:
+        for observer in self.observers():
+            try:
+                getattr(observer, method)(*args)
+            except Exception:  # an observer must never break a stream
+                from .log import OBSERVER_ERROR, get_logger
+
+                get_logger().exception(OBSERVER_ERROR, observer=repr(observer), method=method)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def open(
+        self,
+        connection: Connection,
+        *,
+        max_connections: int | None = None,
+        max_connections_per_user: int | None = None,
+    ) -> str | None:
+        """Register ``connection``, or refuse it: returns ``None`` or the rejection reason
+        (``"stream_limit"``, ``"user_limit"``), which is counted and notified."""
+        name = connection.stream
+        user_key = (name, connection.user_id) if connection.user_id is not None else None
+        with self._lock:
+            totals = self._totals.get(name) or self._totals.setdefault(name, StreamTotals(name))
+            if max_connections is not None and totals.active >= max_connections:
+                rejected: str | None = "stream_limit"
+            elif (
+                max_connections_per_user is not None
+                and user_key is not None
+                and self._per_user[user_key] >= max_connections_per_user
+            ):
+                rejected = "user_limit"
+            else:
+                rejected = None
+                self._live[connection.id] = connection
+                totals.active += 1
+                totals.opened += 1
+                if user_key is not None:
+                    self._per_user[user_key] += 1
+            if rejected:
+                totals.rejected[rejected] += 1
+        if rejected:
+            self._notify("connection_rejected", name, rejected)
+        else:
+            self._notify("connection_opened", connection)
+        return rejected
+
+    def reject(self, stream: str, reason: str) -> None:
+        """Count a request refused before it became a connection (``forbidden``, ...)."""
+        with self._lock:
+            totals = self._totals.get(stream) or self._totals.setdefault(stream, StreamTotals(stream))
+            totals.rejected[reason] += 1
+        self._notify("connection_rejected", stream, reason)
+
+    def close(self, connection: Connection, reason: str) -> bool:
+        """Close ``connection`` with ``reason``; only the first call counts."""
+        if reason not in reasons.CLOSE_REASONS:
+            raise ValueError(f"unknown close reason {reason!r}; expected one of {reasons.CLOSE_REASONS}")
+        with self._lock:
+            if self._live.pop(connection.id, None) is None:
+                return False
+            connection.close_reason = reason
+            connection.closed_at = time.time()
+            totals = self._totals[connection.stream]
+            totals.active -= 1
+            totals.closed[reason] += 1
+            totals.events_sent += connection.events_sent
+            totals.bytes_sent += connection.bytes_sent
+            if connection.user_id is not None:
+                user_key = (connection.stream, connection.user_id)
+                self._per_user[user_key] -= 1
+                if self._per_user[user_key] <= 0:
+                    del self._per_user[user_key]
+        self._notify("connection_closed", connection)
+        return True
+
+    # -- reading -------------------------------------------------------------------------
+    def live(self, stream: str | None = None) -> list[Connection]:
+        """Snapshots of the open connections (of one stream, or all), oldest first."""
+        with self._lock:
+            connections = list(self._live.values())
+        return [c.snapshot() for c in connections if stream is None or c.stream == stream]
+
+    def get(self, connection_id: str) -> Connection | None:
+        """The live connection object itself (not a copy), e.g. to ask it to stop."""
+        return self._live.get(connection_id)
+
+    def totals(self) -> dict[str, StreamTotals]:
+        """Per-stream totals, with live connections' events and bytes included."""
+        with self._lock:
+            result = {name: t.copy() for name, t in self._totals.items()}
+            live = list(self._live.values())
+        for connection in live:
+            result[connection.stream].events_sent += connection.events_sent
+            result[connection.stream].bytes_sent += connection.bytes_sent
+        return result
+
+    def stop(self, connection_ids: Iterable[str], reason: str) -> int:
+        """Ask live connections of this process to end with ``reason``; returns how many."""
+        count = 0
+        for connection_id in connection_ids:
+            connection = self._live.get(connection_id)
+            if connection is not None and connection.stop_reason is None:
+                connection.stop_reason = reason
+                count += 1
+        return count
+
+    def reset(self) -> None:
+        """Forget everything (for tests)."""
+        with self._lock:
+            self._live.clear()
+            self._totals.clear()
+            self._per_user.clear()
+            self._observers = []
+
+
+#: The registry of this process.
+registry = Registry()

@@ -1,0 +1,11 @@
+"""ASGI entry point for the real servers the tests start (``tests/servers.py``)."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+application = get_asgi_application()

@@ -1,0 +1,69 @@
+"""Shared fixtures.
+
+Nothing here imports django_flosse at import time: a broken package must show up as failing
+tests, not as a conftest that cannot load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import LiveServer, stop_all
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_servers_and_db_file() -> Iterator[None]:
+    """At the end of the session: stop leftover servers, remove the shared SQLite file.
+
+    pytest-django removes the test database it created, but a server started by a test that
+    never asked for the database leaves an empty file (and WAL files) behind.
+    """
+    yield
+    stop_all()
+    db_file = os.environ.get("FLOSSE_TEST_DB")
+    if db_file and Path(db_file).name.startswith(f"django-flosse-test-{os.getpid()}."):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(db_file + suffix)
+
+
+@pytest.fixture(scope="module")
+def uvicorn_server(django_db_setup: None) -> Iterator[LiveServer]:
+    """uvicorn serving tests.asgi on 127.0.0.1, shared by the tests of one module.
+
+    Depends on ``django_db_setup`` so the migrated test database exists before the server
+    opens it. Tests that read rows the server writes need ``transactional_db``.
+    """
+    with LiveServer("uvicorn") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gunicorn_server(django_db_setup: None) -> Iterator[LiveServer]:
+    """gunicorn (1 worker, 8 gthread threads) serving tests.wsgi on 127.0.0.1, per module."""
+    with LiveServer("gunicorn") as server:
+        yield server
+
+
+@pytest.fixture
+def live_server_factory(django_db_setup: None) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers with any LiveServer arguments; all are stopped after the test.
+
+    Example: ``server = live_server_factory("uvicorn", loop="uvloop", env={"X": "1"})``.
+    """
+    servers: list[LiveServer] = []
+
+    def start(*args: Any, **kwargs: Any) -> LiveServer:
+        server = LiveServer(*args, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.close()
