@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 __all__ = ["ThreadedSource", "iterate_on_private_loop"]
@@ -117,17 +118,26 @@ class ThreadedSource:
             self._cond.notify()
 
 
-def iterate_on_private_loop(frames: AsyncIterator[bytes]) -> Iterator[bytes]:
+def iterate_on_private_loop(frames: AsyncIterator[bytes]) -> Generator[bytes, None, None]:
     """Iterate an async iterator from sync code, one item per turn of a private loop.
 
     When the caller stops early (a WSGI server closes the response because the client went
     away), the async iterator is closed on the same loop, so its cleanup runs where it ran.
     """
     loop = asyncio.new_event_loop()
+    # Every step runs in one context, as the iteration would in one task under ASGI, so
+    # context variables the stream binds (structlog's) hold from step to step.
+    context = contextvars.copy_context()
+
+    def run(step: Any) -> Any:
+        if sys.version_info >= (3, 11):
+            return loop.run_until_complete(loop.create_task(step, context=context))
+        return loop.run_until_complete(step)  # pragma: no cover - Python 3.10
+
     try:
         while True:
             try:
-                chunk = loop.run_until_complete(frames.__anext__())
+                chunk = run(frames.__anext__())
             except StopAsyncIteration:
                 return
             yield chunk
@@ -135,7 +145,7 @@ def iterate_on_private_loop(frames: AsyncIterator[bytes]) -> Iterator[bytes]:
         try:
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
-                loop.run_until_complete(aclose())
+                run(aclose())
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()

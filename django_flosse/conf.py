@@ -157,7 +157,9 @@ def get_config() -> Config:
     """The merged settings of this process (cached until a setting changes)."""
     overrides = getattr(settings, "FLOSSE", None) or {}
     if not isinstance(overrides, Mapping):
-        raise ImproperlyConfigured(f"settings.FLOSSE must be a dict; got {type(overrides).__name__}")
+        raise ImproperlyConfigured(
+            f"settings.FLOSSE must be a dict; got {type(overrides).__name__}"
+        )
     return _build(overrides)
 
 

@@ -12,17 +12,21 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, HttpResponseBase, HttpResponseForbidden
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseForbidden
 
+from . import reasons
 from .bridge import ThreadedSource
-from .conf import get_config
+from .clients import connection_for
+from .conf import Config, get_config
 from .formatters import make_encoder
 from .lifecycle import Stream
 from .permissions import AllowAny, BaseSSEPermission, IsAdminUser, IsAuthenticated
+from .registry import registry
 from .response import SSEResponse
 
 __all__ = ["sse_stream"]
@@ -46,11 +50,20 @@ FROM_SETTINGS: Any = _FromSettings()
 
 def _validate(retry: Any, heartbeat: Any, permission_classes: Any) -> None:
     if retry is not None and (type(retry) is not int or retry < 0):
-        raise TypeError(f"@sse_stream(retry=...) must be a non-negative int (milliseconds); got {retry!r}")
-    if heartbeat is not FROM_SETTINGS and heartbeat is not None and (
-        isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat <= 0
+        raise TypeError(
+            f"@sse_stream(retry=...) must be a non-negative int (milliseconds); got {retry!r}"
+        )
+    if (
+        heartbeat is not FROM_SETTINGS
+        and heartbeat is not None
+        and (
+            isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat <= 0
+        )
     ):
-        raise TypeError(f"@sse_stream(heartbeat=...) must be a positive number of seconds or None; got {heartbeat!r}")
+        raise TypeError(
+            "@sse_stream(heartbeat=...) must be a positive number of seconds or None; "
+            f"got {heartbeat!r}"
+        )
     if isinstance(permission_classes, (str, type)) or not isinstance(permission_classes, Sequence):
         raise TypeError(
             "@sse_stream(permission_classes=...) must be a list of permission classes; "
@@ -79,10 +92,6 @@ def _check_permissions(request: HttpRequest, permission_classes: PermissionClass
 
 
 async def _acheck_permissions(request: HttpRequest, permission_classes: PermissionClasses) -> bool:
-    auser = getattr(request, "auser", None)
-    if inspect.iscoroutinefunction(auser):
-        # Load the user without a blocking ORM call on the event loop.
-        request.user = await auser()
     for perm in _instances(permission_classes):
         check = perm.has_permission
         if inspect.iscoroutinefunction(check):
@@ -105,36 +114,64 @@ def _wants_gzip(request: HttpRequest) -> bool:
     )
 
 
+def _refusal(reason: str, config: Config) -> HttpResponse:
+    if reason == "forbidden":
+        return HttpResponseForbidden()
+    status = 503 if reason == "stream_limit" else 429  # the stream is full / this user is
+    response = HttpResponse(status=status)
+    response["Retry-After"] = str(config.limit_retry_after)
+    return response
+
+
 def _respond(
     request: HttpRequest,
-    items: Any,
-    *,
-    name: str,
-    retry: int | None,
-    heartbeat: Any,
-) -> SSEResponse:
+    user: Any,
+    make_items: Callable[[], Any],
+    options: _Options,
+) -> HttpResponseBase:
+    """Register the connection (or refuse it) and answer with its stream."""
     config = get_config()
-    encode = make_encoder(config.dumps)
+    connection = connection_for(request, options.name, user, config)
+    rejected = registry.open(
+        connection,
+        max_connections=_pick(options.max_connections, config.max_connections),
+        max_connections_per_user=_pick(
+            options.max_connections_per_user, config.max_connections_per_user
+        ),
+    )
+    if rejected:
+        return _refusal(rejected, config)
+    try:
+        items = make_items()
+        encode = make_encoder(config.dumps)
+        is_async = hasattr(items, "__aiter__")
+        if is_async:
+            source, item_encoder = items, encode
+        elif hasattr(items, "__iter__"):
+            source = ThreadedSource(iter(items), encode, config.sync_read_ahead)
+            item_encoder = None
+        else:
+            raise TypeError(
+                f"the @sse_stream view {options.name} returned {type(items).__name__}; it must "
+                "be a generator (use yield) or return an iterable"
+            )
+    except BaseException:
+        registry.close(connection, reasons.ERROR)
+        raise
     gzip = _wants_gzip(request)
-    is_async = hasattr(items, "__aiter__")
-    if is_async:
-        source, item_encoder = items, encode
-    elif hasattr(items, "__iter__"):
-        source, item_encoder = ThreadedSource(iter(items), encode, config.sync_read_ahead), None
-    else:
-        raise TypeError(
-            f"the @sse_stream view {name} returned {type(items).__name__}; it must be a "
-            "generator (use yield) or return an iterable"
-        )
     stream = Stream(
         source,
-        name=name,
+        connection=connection,
         encode=item_encoder,
-        heartbeat=config.heartbeat if heartbeat is FROM_SETTINGS else heartbeat,
-        retry=retry,
+        heartbeat=config.heartbeat if options.heartbeat is FROM_SETTINGS else options.heartbeat,
+        retry=options.retry,
         gzip=gzip,
     )
     return SSEResponse(stream, is_async=is_async, gzip=gzip)
+
+
+def _pick(option: Any, default: Any) -> Any:
+    return default if option is FROM_SETTINGS else option
 
 
 def _is_method(func: Callable[..., Any]) -> bool:
@@ -142,40 +179,63 @@ def _is_method(func: Callable[..., Any]) -> bool:
     return bool(params) and params[0] == "self"
 
 
-def _decorate(
-    view_func: ViewT,
-    *,
-    name: str | None,
-    retry: int | None,
-    heartbeat: Any,
-    permission_classes: PermissionClasses,
-) -> ViewT:
+@dataclass(frozen=True)
+class _Options:
+    name: str
+    retry: int | None
+    heartbeat: Any
+    permission_classes: PermissionClasses
+    max_connections: Any
+    max_connections_per_user: Any
+
+
+def _sync_user(request: HttpRequest) -> Any:
+    return getattr(request, "user", None)
+
+
+async def _async_user(request: HttpRequest) -> Any:
+    auser = getattr(request, "auser", None)
+    if inspect.iscoroutinefunction(auser):
+        # Load the user without a blocking ORM call on the event loop; later reads of
+        # request.user (permission classes, the view) see the loaded user.
+        request.user = await auser()
+    return getattr(request, "user", None)
+
+
+def _decorate(view_func: ViewT, **kwargs: Any) -> ViewT:
     if inspect.iscoroutinefunction(view_func):
         raise TypeError(
             f"@sse_stream needs a generator: {view_func.__qualname__} is an async def without "
             "yield (a coroutine function)"
         )
-    stream_name = name or f"{view_func.__module__}.{view_func.__qualname__}"
+    name = kwargs.pop("name") or f"{view_func.__module__}.{view_func.__qualname__}"
+    options = _Options(name=name, **kwargs)
     request_index = 1 if _is_method(view_func) else 0
-    options = {"name": stream_name, "retry": retry, "heartbeat": heartbeat}
 
     if inspect.isasyncgenfunction(view_func):
 
         @functools.wraps(view_func)
         async def async_view(*args: Any, **kwargs: Any) -> HttpResponseBase:
             request = args[request_index]
-            if permission_classes and not await _acheck_permissions(request, permission_classes):
-                return HttpResponseForbidden()
-            return _respond(request, view_func(*args, **kwargs), **options)
+            user = await _async_user(request)
+            if options.permission_classes and not await _acheck_permissions(
+                request, options.permission_classes
+            ):
+                registry.reject(options.name, "forbidden")
+                return _refusal("forbidden", get_config())
+            return _respond(request, user, lambda: view_func(*args, **kwargs), options)
 
         return async_view  # type: ignore[return-value]
 
     @functools.wraps(view_func)
     def sync_view(*args: Any, **kwargs: Any) -> HttpResponseBase:
         request = args[request_index]
-        if permission_classes and not _check_permissions(request, permission_classes):
-            return HttpResponseForbidden()
-        return _respond(request, view_func(*args, **kwargs), **options)
+        if options.permission_classes and not _check_permissions(
+            request, options.permission_classes
+        ):
+            registry.reject(options.name, "forbidden")
+            return _refusal("forbidden", get_config())
+        return _respond(request, _sync_user(request), lambda: view_func(*args, **kwargs), options)
 
     return sync_view  # type: ignore[return-value]
 
@@ -193,6 +253,8 @@ def sse_stream(
     retry: int | None = None,
     heartbeat: float | None = ...,
     permission_classes: PermissionClasses = (),
+    max_connections: int | None = ...,
+    max_connections_per_user: int | None = ...,
 ) -> Callable[[ViewT], ViewT]: ...
 
 
@@ -204,6 +266,8 @@ def sse_stream(
     retry: int | None = None,
     heartbeat: Any = FROM_SETTINGS,
     permission_classes: PermissionClasses = (),
+    max_connections: Any = FROM_SETTINGS,
+    max_connections_per_user: Any = FROM_SETTINGS,
 ) -> Any:
     """Turn a generator view (``def`` or ``async def``) into a Server-Sent Events endpoint.
 
@@ -219,13 +283,31 @@ def sse_stream(
     permission_classes
         :class:`~django_flosse.permissions.BaseSSEPermission` classes; every one must allow
         the request, else it gets ``403`` before anything streams.
+    max_connections
+        Open connections this stream accepts per process; more get ``503`` with
+        ``Retry-After`` (default ``FLOSSE["MAX_CONNECTIONS"]``; ``None``: no limit).
+    max_connections_per_user
+        Open connections one authenticated user may hold on this stream per process; more
+        get ``429`` with ``Retry-After`` (default ``FLOSSE["MAX_CONNECTIONS_PER_USER"]``).
     """
     _validate(retry, heartbeat, permission_classes)
+    for option, value in (
+        ("max_connections", max_connections),
+        ("max_connections_per_user", max_connections_per_user),
+    ):
+        if (
+            value is not FROM_SETTINGS
+            and value is not None
+            and (type(value) is not int or value < 1)
+        ):
+            raise TypeError(f"@sse_stream({option}=...) must be an int >= 1 or None; got {value!r}")
     options = {
         "name": name,
         "retry": retry,
         "heartbeat": heartbeat,
         "permission_classes": tuple(permission_classes),
+        "max_connections": max_connections,
+        "max_connections_per_user": max_connections_per_user,
     }
     if view_func is not None:
         return _decorate(view_func, **options)

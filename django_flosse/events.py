@@ -46,7 +46,9 @@ def _check_field(name: str, value: str, forbidden: str) -> str:
 
 def _check_retry(retry: Any) -> int:
     if type(retry) is not int or retry < 0:
-        raise ValueError(f"SSE field 'retry' must be a non-negative int (milliseconds); got {retry!r}")
+        raise ValueError(
+            f"SSE field 'retry' must be a non-negative int (milliseconds); got {retry!r}"
+        )
     return retry
 
 
@@ -123,7 +125,9 @@ class SSEEvent:
         data = self.data
         if not isinstance(data, str):
             data = (dumps or _default_dumps)(data)
-        return encode_event(data, event=self.event, id=self.id, retry=self.retry, comment=self.comment)
+        return encode_event(
+            data, event=self.event, id=self.id, retry=self.retry, comment=self.comment
+        )
 
 
 def json_dumps_with(encoder: type[json.JSONEncoder]) -> Dumps:

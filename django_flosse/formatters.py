@@ -76,7 +76,10 @@ def format_item(raw: Any, dumps: Dumps) -> str:
                 "'data', 'event', 'id' and 'retry' (a dict without 'data' is sent whole as JSON)"
             )
         return encode_event(
-            _text(raw["data"], dumps), event=raw.get("event"), id=raw.get("id"), retry=raw.get("retry")
+            _text(raw["data"], dumps),
+            event=raw.get("event"),
+            id=raw.get("id"),
+            retry=raw.get("retry"),
         )
     if isinstance(raw, (bytes, bytearray, memoryview)):
         raise SSEYieldError(

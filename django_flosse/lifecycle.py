@@ -2,15 +2,17 @@
 
 One async implementation serves all four combinations of view and server (``bridge.py``
 adapts the other three), so frames, heartbeats, errors and close reasons are the same
-everywhere. Per event the hot path does one encode to bytes and a few integer updates: no
-task, no timer, no lock. Events that are ready together leave together in one chunk, since
-each chunk costs Django and the server a full trip through their send path; a ready event
-never waits for another, and a flooding producer gives the loop a turn after every chunk.
+everywhere. Per event the hot path does one encode to bytes and a few integer updates on
+the connection: no task, no timer, no lock. Events that are ready together leave together
+in one chunk, since each chunk costs Django and the server a full trip through their send
+path; a ready event never waits for another, and a flooding producer gives the event loop a
+turn after every chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -19,14 +21,16 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
+import structlog
 from django.conf import settings
 
 from . import reasons
 from .events import KEEPALIVE, encode_event, retry_frame
-from .log import CONNECTION_CLOSED, CONNECTION_OPENED, STREAM_ERROR, get_logger
+from .log import STREAM_ERROR, get_logger
+from .registry import Connection, Registry, registry
 from .stepping import Step, wait_for_future
 
-__all__ = ["MAX_CHUNK_BYTES", "Stream"]
+__all__ = ["ERROR_MESSAGE", "MAX_CHUNK_BYTES", "Stream"]
 
 #: A chunk is sent once it reaches this size even if more events are ready.
 MAX_CHUNK_BYTES = 64 * 1024
@@ -46,45 +50,72 @@ def _cancel_requested() -> bool:
 class Stream:
     """One connection's stream: pulls items, encodes them, counts what it sends.
 
-    ``source`` is an async iterator of yielded items (or of already encoded frames when
-    ``encode`` is ``None``: the sync bridge encodes in its own thread).
+    ``source`` is an async iterator of yielded items, or of already encoded frames when
+    ``encode`` is ``None`` (the sync bridge encodes in its own thread). ``connection`` is
+    registered already (the decorator does it, to enforce limits before answering); the
+    stream closes it exactly once, with its reason.
     """
 
     def __init__(
         self,
         source: AsyncIterator[Any],
         *,
-        name: str,
+        connection: Connection | None = None,
+        name: str = "",
         encode: Callable[[Any], bytes] | None,
         heartbeat: float | None,
         retry: int | None = None,
         gzip: bool = False,
+        registry: Registry = registry,
     ) -> None:
-        self.name = name
-        self.id = uuid.uuid4().hex
-        self.opened_at: float | None = None
-        self.events_sent = 0
-        self.bytes_sent = 0
-        self.last_event_at: float | None = None
-        self.close_reason: str | None = None
-        self.error_id: str | None = None
+        self.connection = connection or Connection(id=uuid.uuid4().hex, stream=name)
+        self.started = False
+        self._registry = registry
         self._source = source
         self._encode = encode
         self._heartbeat = heartbeat
         self._first = retry_frame(retry) if retry is not None else b""
         self._gzip = zlib.compressobj(wbits=31) if gzip else None
 
+    # The connection's counters, for readers of the stream.
+    @property
+    def name(self) -> str:
+        return self.connection.stream
+
+    @property
+    def events_sent(self) -> int:
+        return self.connection.events_sent
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.connection.bytes_sent
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.connection.close_reason
+
+    @property
+    def error_id(self) -> str | None:
+        return self.connection.error_id
+
+    def close_unstarted(self) -> None:
+        """The response was closed before the server ever iterated it."""
+        if not self.started:
+            self._registry.close(self.connection, reasons.CANCELLED)
+
     async def frames(self) -> AsyncGenerator[bytes, None]:
         """The chunks to send, in order. Close it (``aclose``) to cancel the stream."""
+        self.started = True
+        conn = self.connection
         step = Step(self._source)
         encode = self._encode
         heartbeat = self._heartbeat
         out: list[bytes] = [self._first] if self._first else []
         size = len(self._first)
-        last_sent = started = time.monotonic()
+        last_sent = time.monotonic()
         reason = reasons.CANCELLED
-        self.opened_at = time.time()
-        get_logger().info(CONNECTION_OPENED, connection_id=self.id, stream=self.name)
+        # Anything the view logs while it streams carries the connection id and stream.
+        bound = structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
         try:
             finished = False
             while True:
@@ -116,7 +147,7 @@ class Stream:
                         if ready:
                             out.append(encode(item) if encode is not None else item)
                             size += len(out[-1])
-                            self.events_sent += 1
+                            conn.events_sent += 1
                 # Pull every item that is ready now, up to one chunk.
                 try:
                     while not finished and size < MAX_CHUNK_BYTES and not step.blocked():
@@ -126,12 +157,12 @@ class Stream:
                         frame = encode(item) if encode is not None else item
                         out.append(frame)
                         size += len(frame)
-                        self.events_sent += 1
+                        conn.events_sent += 1
                 except StopAsyncIteration:
                     finished = True
                 if out:
-                    if self.events_sent:
-                        self.last_event_at = time.time()
+                    if conn.events_sent:
+                        conn.last_event_at = time.time()
                     chunk = b"".join(out) if len(out) > 1 else out[0]
                     out.clear()
                     size = 0
@@ -147,7 +178,7 @@ class Stream:
             reason = reasons.COMPLETED
             if self._gzip is not None:
                 tail = self._gzip.flush()
-                self.bytes_sent += len(tail)
+                conn.bytes_sent += len(tail)
                 yield tail
         except (asyncio.CancelledError, GeneratorExit):
             reason = reasons.CANCELLED
@@ -158,26 +189,20 @@ class Stream:
             out.append(self._fail(exc))  # after the events that were ready before it
             yield self._count(b"".join(out))
         finally:
-            self.close_reason = reason
             try:
                 aclose = getattr(self._source, "aclose", None)
                 if aclose is not None:
                     await aclose()
             finally:
-                get_logger().info(
-                    CONNECTION_CLOSED,
-                    connection_id=self.id,
-                    stream=self.name,
-                    reason=reason,
-                    duration=round(time.monotonic() - started, 3),
-                    events=self.events_sent,
-                    bytes=self.bytes_sent,
-                )
+                self._registry.close(conn, reason)
+                # (On Python 3.10's private loop each step had its own context: nothing to reset.)
+                with contextlib.suppress(ValueError):
+                    structlog.contextvars.reset_contextvars(**bound)
 
     def _count(self, chunk: bytes) -> bytes:
         if self._gzip is not None:
             chunk = self._gzip.compress(chunk) + self._gzip.flush(zlib.Z_SYNC_FLUSH)
-        self.bytes_sent += len(chunk)
+        self.connection.bytes_sent += len(chunk)
         return chunk
 
     async def _cancel_producer(self, step: Step) -> None:
@@ -188,7 +213,7 @@ class Stream:
         except Exception:
             get_logger().warning(
                 STREAM_ERROR,
-                connection_id=self.id,
+                connection_id=self.connection.id,
                 stream=self.name,
                 during="cleanup after cancellation",
                 exc_info=True,
@@ -196,12 +221,15 @@ class Stream:
 
     def _fail(self, exc: BaseException) -> bytes:
         """Log the failure with its traceback and return the one error frame for the client."""
-        self.error_id = error_id = secrets.token_hex(4)
+        self.connection.error_id = error_id = secrets.token_hex(4)
         get_logger().error(
-            STREAM_ERROR, connection_id=self.id, stream=self.name, error_id=error_id, exc_info=exc
+            STREAM_ERROR,
+            connection_id=self.connection.id,
+            stream=self.name,
+            error_id=error_id,
+            exc_info=exc,
         )
         payload: dict[str, str] = {"message": ERROR_MESSAGE, "error_id": error_id}
         if settings.DEBUG:
             payload["detail"] = f"{type(exc).__name__}: {exc}"
         return encode_event(json.dumps(payload), event="error").encode()
-

@@ -40,7 +40,9 @@ _KEY_VALUES = structlog.processors.KeyValueRenderer(key_order=["event"], drop_mi
 
 def _render_for_stdlib(logger: Any, method_name: str, event_dict: Any) -> Any:
     exc_info = event_dict.pop("exc_info", None)
-    return (_KEY_VALUES(logger, method_name, event_dict),), {"exc_info": exc_info} if exc_info else {}
+    return (_KEY_VALUES(logger, method_name, event_dict),), {
+        "exc_info": exc_info
+    } if exc_info else {}
 
 
 def get_logger() -> Any:

@@ -151,4 +151,3 @@ def prometheus_view() -> Any:
     from prometheus_client.django import PrometheusDjangoView
 
     return PrometheusDjangoView
-

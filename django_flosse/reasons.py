@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["CANCELLED", "CLOSE_REASONS", "COMPLETED", "ERROR", "LOST", "SHUTDOWN", "TERMINATED", "TIMEOUT"]
+__all__ = [
+    "CANCELLED",
+    "CLOSE_REASONS",
+    "COMPLETED",
+    "ERROR",
+    "LOST",
+    "SHUTDOWN",
+    "TERMINATED",
+    "TIMEOUT",
+]
 
 COMPLETED = "completed"  # the generator finished
 CANCELLED = "cancelled"  # the client went away

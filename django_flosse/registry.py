@@ -175,14 +175,18 @@ class Registry:
     def reject(self, stream: str, reason: str) -> None:
         """Count a request refused before it became a connection (``forbidden``, ...)."""
         with self._lock:
-            totals = self._totals.get(stream) or self._totals.setdefault(stream, StreamTotals(stream))
+            totals = self._totals.get(stream) or self._totals.setdefault(
+                stream, StreamTotals(stream)
+            )
             totals.rejected[reason] += 1
         self._notify("connection_rejected", stream, reason)
 
     def close(self, connection: Connection, reason: str) -> bool:
         """Close ``connection`` with ``reason``; only the first call counts."""
         if reason not in reasons.CLOSE_REASONS:
-            raise ValueError(f"unknown close reason {reason!r}; expected one of {reasons.CLOSE_REASONS}")
+            raise ValueError(
+                f"unknown close reason {reason!r}; expected one of {reasons.CLOSE_REASONS}"
+            )
         with self._lock:
             if self._live.pop(connection.id, None) is None:
                 return False

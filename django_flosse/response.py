@@ -9,7 +9,7 @@ honoured: its iterator is bridged the same way, never buffered.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 from django.http import StreamingHttpResponse
@@ -45,31 +45,40 @@ class SSEResponse(StreamingHttpResponse):
             self["Content-Encoding"] = "gzip"
             self["Vary"] = "Accept-Encoding"
 
-    @property  # type: ignore[override]
+    @property
     def streaming_content(self) -> Any:
         if self._replaced:
-            return super().streaming_content
+            return self._replaced_content()
         return self.__aiter__() if self.is_async else self.__iter__()
 
     @streaming_content.setter
     def streaming_content(self, value: Any) -> None:
-        self._set_streaming_content(value)
+        self._set_streaming_content(value)  # type: ignore[attr-defined]
         self._replaced = True
 
-    def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+    def _replaced_content(self) -> Any:
+        return StreamingHttpResponse.streaming_content.fget(self)  # type: ignore[union-attr]
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
         if not self._replaced:
             return self.stream.frames()
-        content = super().streaming_content
+        content = self._replaced_content()
         if hasattr(content, "__aiter__"):
             return content  # type: ignore[no-any-return]
         # Middleware replaced our content with a sync iterator: step it in a thread.
         return _as_bytes(ThreadedSource(iter(content), bytes, ahead=1))
 
+    def close(self) -> None:
+        # A response closed before any server iterated it (a middleware replaced it, the
+        # client left during the view) still closes its connection, exactly once.
+        self.stream.close_unstarted()
+        super().close()
+
     def __iter__(self) -> Iterator[bytes]:
         if self._replaced and not self.is_async:
-            return iter(super().streaming_content)
-        frames = iterate_on_private_loop(self.__aiter__())
+            return iter(self._replaced_content())
+        frames: Generator[bytes, None, None] = iterate_on_private_loop(self.__aiter__())
         # WSGI servers call response.close(), not close() on this iterator: make sure the
         # stream (and the user's generator) is closed then, not whenever it is collected.
-        self._resource_closers.append(frames.close)
+        self._resource_closers.append(frames.close)  # type: ignore[attr-defined]
         return frames

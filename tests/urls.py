@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
 urlpatterns = [
+    path("flosse/", include("django_flosse.urls")),
     path("sync/count/", views.sync_count),
     path("async/count/", views.async_count),
     path("sync/endless/", views.sync_endless),

@@ -1,0 +1,64 @@
+"""What django-flosse records about the client of a connection.
+
+Kept apart from the registry (which knows nothing of Django requests) and tolerant of
+request doubles: 0.2.0's own tests called views with mocks shaped like a request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.http import HttpRequest
+
+from .conf import Config
+from .registry import Connection, current_process
+
+__all__ = ["client_ip", "connection_for"]
+
+#: Longest Last-Event-ID / user agent kept (a header is the client's to make up).
+MAX_HEADER_LENGTH = 512
+
+
+def _meta(request: HttpRequest, key: str) -> str:
+    meta = getattr(request, "META", None)
+    value = meta.get(key, "") if isinstance(meta, dict) else ""
+    return value if isinstance(value, str) else ""
+
+
+def client_ip(request: HttpRequest, config: Config) -> str | None:
+    """The client address: from the trusted proxy header when configured, else REMOTE_ADDR."""
+    if not config.record_client_ip:
+        return None
+    if config.client_ip_header:
+        forwarded = _meta(request, config.client_ip_header).split(",")[0].strip()
+        if forwarded:
+            return forwarded[:64]
+    return _meta(request, "REMOTE_ADDR")[:64] or None
+
+
+def _route(request: HttpRequest) -> str:
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", "")
+    return route if isinstance(route, str) else ""
+
+
+def connection_for(request: HttpRequest, stream: str, user: Any, config: Config) -> Connection:
+    """A new connection record for ``request`` (``user`` already loaded, or ``None``)."""
+    user_id = username = None
+    if user is not None and getattr(user, "is_authenticated", False) is True:
+        user_id = str(user.pk)
+        username = str(user.get_username())
+    path = getattr(request, "path", "")
+    return Connection(
+        id=uuid.uuid4().hex,
+        stream=stream,
+        path=path if isinstance(path, str) else "",
+        route=_route(request),
+        user_id=user_id,
+        username=username or "",
+        client_ip=client_ip(request, config),
+        user_agent=_meta(request, "HTTP_USER_AGENT")[:MAX_HEADER_LENGTH],
+        last_event_id=_meta(request, "HTTP_LAST_EVENT_ID")[:MAX_HEADER_LENGTH],
+        process=current_process(),
+    )
