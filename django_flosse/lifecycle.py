@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import secrets
 import time
 import uuid
@@ -28,15 +29,38 @@ from . import reasons
 from .events import KEEPALIVE, encode_event, retry_frame
 from .log import STREAM_ERROR, get_logger
 from .registry import Connection, Registry, registry
-from .stepping import Step, wait_for_future
+from .stepping import Step
 
 __all__ = ["ERROR_MESSAGE", "MAX_CHUNK_BYTES", "Stream"]
 
 #: A chunk is sent once it reaches this size even if more events are ready.
 MAX_CHUNK_BYTES = 64 * 1024
 
+#: Reconnection delay suggested when the server ends a stream itself (jittered up to 2x).
+RECONNECT_AFTER_MS = 1000
+
 #: What clients see when a stream fails and ``DEBUG`` is off (plus the error id).
 ERROR_MESSAGE = "The event stream failed on the server."
+
+
+FIRST = asyncio.FIRST_COMPLETED
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def final_frame(reason: str) -> bytes:
+    """The last frame of a stream the server ends itself, naming the reason.
+
+    Clients should close their ``EventSource`` on ``terminated``; on ``shutdown`` and
+    ``timeout`` the ``retry`` hint is jittered so that clients do not all reconnect at once.
+    """
+    retry = None
+    if reason in (reasons.SHUTDOWN, reasons.TIMEOUT):
+        retry = random.randint(RECONNECT_AFTER_MS, 2 * RECONNECT_AFTER_MS)
+    return encode_event(json.dumps({"reason": reason}), event=reason, retry=retry).encode()
 
 
 def _cancel_requested() -> bool:
@@ -114,6 +138,16 @@ class Stream:
         size = len(self._first)
         last_sent = time.monotonic()
         reason = reasons.CANCELLED
+        # Another thread may ask this stream to stop (terminate, shutdown): it wakes us.
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(_set_done, stop)
+
+        conn.wake = wake
+        if conn.stop_reason is not None:
+            stop.set_result(None)
         # Anything the view logs while it streams carries the connection id and stream.
         bound = structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
         try:
@@ -123,16 +157,15 @@ class Stream:
                     fut = step.waiting_on
                     assert fut is not None
                     try:
-                        if heartbeat is None:
-                            await wait_for_future(fut)
-                        else:
+                        timeout = None
+                        if heartbeat is not None:
                             timeout = last_sent + heartbeat - time.monotonic()
-                            if timeout > 0:
-                                await asyncio.wait((fut,), timeout=timeout)
-                            if not fut.done():
-                                yield self._count(KEEPALIVE)
-                                last_sent = time.monotonic()
-                                continue
+                        if timeout is None or timeout > 0:
+                            await asyncio.wait((fut, stop), timeout=timeout, return_when=FIRST)
+                        if not fut.done() and not stop.done():
+                            yield self._count(KEEPALIVE)
+                            last_sent = time.monotonic()
+                            continue
                     except asyncio.CancelledError:
                         if _cancel_requested():
                             raise
@@ -148,6 +181,8 @@ class Stream:
                             out.append(encode(item) if encode is not None else item)
                             size += len(out[-1])
                             conn.events_sent += 1
+                if stop.done():
+                    break
                 # Pull every item that is ready now, up to one chunk.
                 try:
                     while not finished and size < MAX_CHUNK_BYTES and not step.blocked():
@@ -169,13 +204,19 @@ class Stream:
                     yield self._count(chunk)
                     if heartbeat is not None:
                         last_sent = time.monotonic()
-                if finished:
+                if finished or stop.done():
                     break
                 if not step.blocked():
                     # More is ready (the chunk was full) or the producer asked for a loop
                     # turn: let other connections run before the next chunk.
                     await asyncio.sleep(0)
-            reason = reasons.COMPLETED
+            if stop.done():  # asked to stop: terminated, shutdown or timeout
+                reason = conn.stop_reason or reasons.TERMINATED
+                await self._cancel_producer(step)
+                out.append(final_frame(reason))
+                yield self._count(b"".join(out))
+            else:
+                reason = reasons.COMPLETED
             if self._gzip is not None:
                 tail = self._gzip.flush()
                 conn.bytes_sent += len(tail)
@@ -194,6 +235,7 @@ class Stream:
                 if aclose is not None:
                     await aclose()
             finally:
+                conn.wake = None
                 self._registry.close(conn, reason)
                 # (On Python 3.10's private loop each step had its own context: nothing to reset.)
                 with contextlib.suppress(ValueError):

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -56,6 +56,22 @@ class Connection:
     error_id: str | None = None
     #: Set (by the admin's terminate, or at shutdown) to ask the stream to end with this reason.
     stop_reason: str | None = None
+    #: Set by the running stream: wakes it (from any thread) to notice ``stop_reason``.
+    wake: Callable[[], None] | None = field(default=None, repr=False)
+
+    def request_stop(self, reason: str) -> bool:
+        """Ask the stream to end with ``reason`` (thread-safe); False if already asked."""
+        if reason not in reasons.CLOSE_REASONS:
+            raise ValueError(
+                f"unknown close reason {reason!r}; expected one of {reasons.CLOSE_REASONS}"
+            )
+        if self.stop_reason is not None or self.closed_at is not None:
+            return False
+        self.stop_reason = reason
+        wake = self.wake
+        if wake is not None:
+            wake()
+        return True
 
     @property
     def is_open(self) -> bool:
@@ -67,7 +83,7 @@ class Connection:
 
     def snapshot(self) -> Connection:
         """A copy that no longer changes (safe to hand to another thread)."""
-        return replace(self)
+        return replace(self, wake=None)
 
 
 @dataclass
@@ -231,8 +247,7 @@ class Registry:
         count = 0
         for connection_id in connection_ids:
             connection = self._live.get(connection_id)
-            if connection is not None and connection.stop_reason is None:
-                connection.stop_reason = reason
+            if connection is not None and connection.request_stop(reason):
                 count += 1
         return count
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import concurrent.futures
-import contextlib
 import json
 import re
 import time
@@ -280,7 +279,8 @@ def _collect_sync_in_thread(
     stepper = _ThreadStepper(iterator, response)
     try:
         while not collector.done:
-            chunk = stepper.step().result(timeout=collector.remaining())
+            left = collector.remaining()
+            chunk = stepper.step().result(timeout=left)
             if chunk is _END:
                 collector.end()
                 return
@@ -302,8 +302,8 @@ async def _acollect_sync_in_thread(
     stepper = _ThreadStepper(iterator, response)
     try:
         while not collector.done:
-            step = asyncio.wrap_future(stepper.step())
-            chunk = await asyncio.wait_for(step, collector.remaining())
+            left = collector.remaining()
+            chunk = await asyncio.wait_for(asyncio.wrap_future(stepper.step()), left)
             if chunk is _END:
                 collector.end()
                 return
@@ -322,6 +322,21 @@ async def _acollect_sync_in_thread(
 # -------------------------------------------------------------------- async iterators
 
 
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    return bool(cancelling()) if cancelling is not None else False
+
+
+async def _in_own_thread(func: Any, *args: Any) -> None:
+    """Run a blocking call off the event loop, on a thread that is gone when this returns."""
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        await asyncio.wrap_future(executor.submit(func, *args))
+    finally:
+        executor.shutdown(wait=True)
+
+
 async def _cancel_like_a_disconnect(iterator: AsyncIterator[Any]) -> None:
     """Close an async stream the way an ASGI server does: cancel it at its current ``await``.
 
@@ -337,8 +352,7 @@ async def _cancel_like_a_disconnect(iterator: AsyncIterator[Any]) -> None:
         try:
             await step
         except (asyncio.CancelledError, StopAsyncIteration):
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if _being_cancelled():
                 raise  # our caller is being cancelled too
             return
     aclose = getattr(iterator, "aclose", None)
@@ -350,8 +364,9 @@ async def _drain_async(iterator: AsyncIterator[Any], collector: _Collector) -> N
     finished = False
     try:
         while not collector.done:
+            left = collector.remaining()
             try:
-                chunk = await asyncio.wait_for(anext(iterator), collector.remaining())
+                chunk = await asyncio.wait_for(anext(iterator), left)
             except StopAsyncIteration:
                 finished = True
                 collector.end()
@@ -426,11 +441,7 @@ async def acollect_events(
             await _drain_async(content, collector)
         finally:
             # close() may fire request_finished receivers that are not async-safe.
-            await asyncio.to_thread(_close_response, response)
+            await _in_own_thread(_close_response, response)
     else:
         await _acollect_sync_in_thread(iter(content), response, collector)
     return collector.events
-
-
-with contextlib.suppress(ImportError):  # pragma: no cover - keeps the name out of __all__
-    pass
