@@ -11,7 +11,7 @@ import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -22,6 +22,8 @@ from django.utils.module_loading import import_string
 from .events import Dumps, json_dumps_with
 
 __all__ = ["DEFAULTS", "Config", "get_config"]
+
+_T = TypeVar("_T")
 
 #: The documented defaults; ``settings.FLOSSE`` overrides them key by key.
 DEFAULTS: Mapping[str, Any] = {
@@ -46,6 +48,16 @@ DEFAULTS: Mapping[str, Any] = {
     # Who may read flosse:metrics besides loopback and staff users.
     "METRICS_ALLOWED_NETWORKS": [],
     "METRICS_TOKEN": None,
+    # Write connection history rows (needs "django_flosse" in INSTALLED_APPS).
+    "PERSISTENCE": True,
+    # Seconds between two batched writes of the history (and refreshes of open rows).
+    "FLUSH_INTERVAL": 1.0,
+    # Seconds an open row may go unrefreshed before it is closed as "lost".
+    "LOST_AFTER": 30.0,
+    # Days closed rows are kept by `manage.py flosse_prune` (None: keep for ever).
+    "RETENTION_DAYS": 30,
+    # Live connections listed one by one on the admin dashboard (the rest are counted).
+    "DASHBOARD_TOP": 100,
 }
 
 
@@ -62,6 +74,11 @@ class Config:
     record_client_ip: bool
     metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     metrics_token: str | None
+    persistence: bool
+    flush_interval: float
+    lost_after: float
+    retention_days: int | None
+    dashboard_top: int
     dumps: Dumps = field(repr=False)
 
 
@@ -82,6 +99,19 @@ def _count_or_none(key: str, value: Any, minimum: int = 1) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise _fail(key, f"an int >= {minimum} or None", value)
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, "True or False", value)
+    return value
+
+
+def _required(value: _T | None) -> _T:
+    # The validators above return None only for None, which these keys do not accept.
+    if value is None:
+        raise ImproperlyConfigured("this FLOSSE setting may not be None")
     return value
 
 
@@ -132,8 +162,6 @@ def _build(overrides: Mapping[str, Any]) -> Config:
     retry_after = _count_or_none("LIMIT_RETRY_AFTER", merged["LIMIT_RETRY_AFTER"], minimum=0)
     if retry_after is None:
         raise _fail("LIMIT_RETRY_AFTER", "an int >= 0", None)
-    if not isinstance(merged["RECORD_CLIENT_IP"], bool):
-        raise _fail("RECORD_CLIENT_IP", "True or False", merged["RECORD_CLIENT_IP"])
     return Config(
         heartbeat=_positive_or_none("HEARTBEAT", merged["HEARTBEAT"]),
         json_encoder=encoder,
@@ -145,9 +173,14 @@ def _build(overrides: Mapping[str, Any]) -> Config:
         ),
         limit_retry_after=retry_after,
         client_ip_header=_optional_str("CLIENT_IP_HEADER", merged["CLIENT_IP_HEADER"]),
-        record_client_ip=merged["RECORD_CLIENT_IP"],
+        record_client_ip=_bool("RECORD_CLIENT_IP", merged["RECORD_CLIENT_IP"]),
         metrics_allowed_networks=_networks(merged["METRICS_ALLOWED_NETWORKS"]),
         metrics_token=_optional_str("METRICS_TOKEN", merged["METRICS_TOKEN"]),
+        persistence=_bool("PERSISTENCE", merged["PERSISTENCE"]),
+        flush_interval=_required(_positive_or_none("FLUSH_INTERVAL", merged["FLUSH_INTERVAL"])),
+        lost_after=_required(_positive_or_none("LOST_AFTER", merged["LOST_AFTER"])),
+        retention_days=_count_or_none("RETENTION_DAYS", merged["RETENTION_DAYS"]),
+        dashboard_top=_required(_count_or_none("DASHBOARD_TOP", merged["DASHBOARD_TOP"])),
         dumps=json_dumps_with(encoder),
     )
 

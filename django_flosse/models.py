@@ -1,0 +1,76 @@
+"""Connection history: one row per SSE connection, written off the hot path.
+
+Rows are written in batches by each process's persistence writer (``persistence.py``); the
+admin dashboard reads them to see every process and host of the deployment.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from . import reasons
+
+__all__ = ["StreamConnection"]
+
+CLOSE_REASON_CHOICES = [(reason, reason) for reason in reasons.CLOSE_REASONS]
+
+
+class StreamConnection(models.Model):
+    connection_id = models.CharField(_("connection id"), max_length=32, unique=True)
+    stream = models.CharField(_("stream"), max_length=200)
+    path = models.CharField(_("path"), max_length=500, blank=True)
+    route = models.CharField(_("route"), max_length=500, blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    username = models.CharField(_("username"), max_length=150, blank=True)
+    client_ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+    user_agent = models.CharField(_("user agent"), max_length=512, blank=True)
+    process = models.CharField(_("process"), max_length=255, help_text=_("host:pid"))
+    opened_at = models.DateTimeField(_("opened"))
+    closed_at = models.DateTimeField(_("closed"), null=True, blank=True)
+    last_seen_at = models.DateTimeField(
+        _("last seen"), help_text=_("Refreshed by the owning process while the stream is open.")
+    )
+    events_sent = models.BigIntegerField(_("events sent"), default=0)
+    bytes_sent = models.BigIntegerField(_("bytes sent"), default=0)
+    last_event_at = models.DateTimeField(_("last event"), null=True, blank=True)
+    close_reason = models.CharField(
+        _("close reason"), max_length=16, choices=CLOSE_REASON_CHOICES, blank=True
+    )
+    last_event_id = models.CharField(_("Last-Event-ID"), max_length=512, blank=True)
+    error_id = models.CharField(_("error id"), max_length=16, blank=True)
+    stop_requested = models.CharField(
+        _("stop requested"),
+        max_length=16,
+        choices=CLOSE_REASON_CHOICES,
+        blank=True,
+        help_text=_("Set by the admin; the owning process ends the stream with this reason."),
+    )
+
+    class Meta:
+        verbose_name = _("stream connection")
+        verbose_name_plural = _("stream connections")
+        ordering = ["-opened_at"]
+        permissions = [("terminate_streamconnection", _("Can terminate stream connections"))]
+        indexes = [
+            models.Index(fields=["stream", "-opened_at"], name="flosse_stream_opened"),
+            models.Index(fields=["closed_at", "process"], name="flosse_closed_process"),
+            models.Index(fields=["close_reason", "-opened_at"], name="flosse_reason_opened"),
+            models.Index(fields=["-opened_at"], name="flosse_opened"),
+        ]
+
+    def __str__(self) -> str:
+        state = self.close_reason or "open"
+        return f"{self.stream} {self.connection_id[:8]} ({state})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
