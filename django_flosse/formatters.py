@@ -30,14 +30,14 @@ _DICT_KEYS = frozenset({"data", "event", "id", "retry"})
 def _json(value: Any, dumps: Dumps) -> str:
     try:
         return dumps(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise SSEYieldError(
             f"cannot serialise {type(value).__name__} as JSON event data: {exc}"
         ) from exc
 
 
 def _text(value: Any, dumps: Dumps) -> str:
-    if isinstance(value, str):
+    if type(value) is str or isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         raise SSEYieldError(
@@ -88,16 +88,19 @@ def format_item(raw: Any, dumps: Dumps) -> str:
     return encode_event(_json(raw, dumps))
 
 
+def _not_utf8(exc: UnicodeEncodeError) -> SSEYieldError:
+    return SSEYieldError(
+        "event text contains a character that is not valid in UTF-8 "
+        f"(a lone surrogate?) at position {exc.start}"
+    )
+
+
 def encode_item(raw: Any, dumps: Dumps) -> bytes:
-    """The hot path: one yielded value to the UTF-8 bytes handed to the server."""
-    text = format_item(raw, dumps)
+    """One yielded value to the UTF-8 bytes handed to the server."""
     try:
-        return text.encode("utf-8")
+        return format_item(raw, dumps).encode()
     except UnicodeEncodeError as exc:
-        raise SSEYieldError(
-            f"event text contains a character that is not valid in UTF-8 "
-            f"(a lone surrogate?) at position {exc.start}"
-        ) from exc
+        raise _not_utf8(exc) from exc
 
 
 def to_sse(raw: Any) -> str:
@@ -108,9 +111,12 @@ def to_sse(raw: Any) -> str:
 
 
 def make_encoder(dumps: Dumps) -> Callable[[Any], bytes]:
-    """``encode_item`` with its JSON serialiser bound (one call per event on the hot path)."""
+    """``encode_item`` with its JSON serialiser bound: the per-event call of the hot path."""
 
     def encode(raw: Any) -> bytes:
-        return encode_item(raw, dumps)
+        try:
+            return format_item(raw, dumps).encode()
+        except UnicodeEncodeError as exc:
+            raise _not_utf8(exc) from exc
 
     return encode
