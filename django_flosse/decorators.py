@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseForbidden
 
@@ -78,14 +78,15 @@ def _instances(permission_classes: PermissionClasses) -> list[BaseSSEPermission]
     return [perm() if isinstance(perm, type) else perm for perm in permission_classes]
 
 
+async def _result(awaitable: Any) -> Any:
+    return await awaitable
+
+
 def _check_permissions(request: HttpRequest, permission_classes: PermissionClasses) -> bool:
     for perm in _instances(permission_classes):
         allowed = perm.has_permission(request)
-        if inspect.isawaitable(allowed):
-            raise TypeError(
-                f"{type(perm).__name__}.has_permission is async, but the view is sync: "
-                "make it a def, or make the view an async def"
-            )
+        if inspect.isawaitable(allowed):  # an async class on a sync view: run it to the end
+            allowed = async_to_sync(_result)(allowed)
         if not allowed:
             return False
     return True

@@ -1,0 +1,26 @@
+"""The FLOSSE setting: every key, with its default value."""
+
+FLOSSE = {
+    # Streaming
+    "HEARTBEAT": 15.0,
+    "JSON_ENCODER": "django.core.serializers.json.DjangoJSONEncoder",
+    "SYNC_READ_AHEAD": 16,
+    # Observers of the connection registry
+    "OBSERVERS": ["django_flosse.metrics.MetricsObserver", "django_flosse.log.LogObserver"],
+    # Connection limits (per stream, per process)
+    "MAX_CONNECTIONS": None,
+    "MAX_CONNECTIONS_PER_USER": None,
+    "LIMIT_RETRY_AFTER": 5,
+    # Clients
+    "CLIENT_IP_HEADER": None,
+    "RECORD_CLIENT_IP": True,
+    # The metrics view
+    "METRICS_ALLOWED_NETWORKS": [],
+    "METRICS_TOKEN": None,
+    # Connection history and the admin dashboard
+    "PERSISTENCE": True,
+    "FLUSH_INTERVAL": 1.0,
+    "LOST_AFTER": 30.0,
+    "RETENTION_DAYS": 30,
+    "DASHBOARD_TOP": 100,
+}

@@ -1,0 +1,568 @@
+"""The documentation's examples run, and produce the frames the pages show.
+
+Every module in ``docs/examples/`` is imported, and every view in them is run through a
+``RequestFactory`` request: sync views by iterating ``streaming_content``, async views by
+awaiting the view and iterating the async stream (endless ones are closed after a few
+events, as a disconnecting client would). Tables of frames on the pages are checked too, so
+the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import AnonymousUser
+from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
+from django.test import RequestFactory, override_settings
+
+from django_flosse import SSEEvent, SSEYieldError, to_sse
+from django_flosse.conf import DEFAULTS, get_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+EXAMPLES = DOCS / "examples"
+EXAMPLE_NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if p.stem != "__init__")
+
+rf = RequestFactory()
+
+
+def example(name: str) -> ModuleType:
+    return importlib.import_module(f"docs.examples.{name}")
+
+
+def run_sync(view: Callable[..., Any], request: Any, *args: Any, **kwargs: Any) -> str:
+    """Run a def view to its end and return everything it sent."""
+    response = view(request, *args, **kwargs)
+    assert response.status_code == 200, response.status_code
+    assert response["Content-Type"] == "text/event-stream; charset=utf-8"
+    try:
+        return b"".join(response.streaming_content).decode()
+    finally:
+        response.close()
+
+
+async def run_async(
+    view: Callable[..., Any], request: Any, *args: Any, events: int | None = None, **kwargs: Any
+) -> str:
+    """Run an async def view; stop after ``events`` frames (a client going away) if given."""
+    response = await view(request, *args, **kwargs)
+    assert response.status_code == 200, response.status_code
+    assert response["Content-Type"] == "text/event-stream; charset=utf-8"
+    it = response.streaming_content
+    received = b""
+    try:
+        async for chunk in it:
+            received += chunk
+            if events is not None and received.count(b"\n\n") >= events:
+                break
+    finally:
+        await it.aclose()
+    return received.decode()
+
+
+def frames(text: str) -> list[str]:
+    """Split a stream into its frames (each without the blank line that ends it)."""
+    return [frame for frame in text.split("\n\n") if frame]
+
+
+@pytest.fixture
+def fast_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Examples sleep for seconds between events; the tests need not wait."""
+    real_asleep = asyncio.sleep
+    real_sleep = time.sleep
+
+    async def asleep(delay: float, result: Any = None) -> Any:
+        return await real_asleep(min(delay, 0.001), result)
+
+    monkeypatch.setattr(asyncio, "sleep", asleep)
+    monkeypatch.setattr(time, "sleep", lambda delay: real_sleep(min(delay, 0.001)))
+
+
+# --------------------------------------------------------------------------- every module
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_every_example_imports(name: str) -> None:
+    assert example(name)
+
+
+def test_every_example_is_included_in_a_page() -> None:
+    pages = "\n".join(p.read_text() for p in DOCS.glob("*.md"))
+    for name in EXAMPLE_NAMES:
+        assert f'--8<-- "docs/examples/{name}.py"' in pages, (
+            f"docs/examples/{name}.py is on no page"
+        )
+
+
+# --------------------------------------------------------------------------- index, quick start
+
+
+async def test_hello_clock(fast_sleep: None) -> None:
+    text = await run_async(example("hello").clock, rf.get("/clock/"), events=3)
+    assert frames(text)[:3] == [
+        'event: tick\ndata: {"n": 0}',
+        'event: tick\ndata: {"n": 1}',
+        'event: tick\ndata: {"n": 2}',
+    ]
+
+
+def test_quickstart_job_progress(fast_sleep: None) -> None:
+    text = run_sync(example("quickstart").job_progress, rf.get("/jobs/7/progress/"), job_id=7)
+    assert frames(text) == [
+        "retry: 2000",
+        'event: progress\ndata: {"job": 7, "percent": 0}',
+        'event: progress\ndata: {"job": 7, "percent": 25}',
+        'event: progress\ndata: {"job": 7, "percent": 50}',
+        'event: progress\ndata: {"job": 7, "percent": 75}',
+        'event: progress\ndata: {"job": 7, "percent": 100}',
+        'event: done\ndata: {"job": 7}',
+    ]
+
+
+async def test_quickstart_server_time(fast_sleep: None) -> None:
+    text = await run_async(example("quickstart").server_time, rf.get("/time/"), events=2)
+    first, second = frames(text)[:2]
+    assert re.fullmatch(r'event: time\ndata: \{"now": "\d{4}-\d\d-\d\dT[\d:.]+Z"\}', first)
+    assert second.startswith("event: time\n")
+
+
+def test_quickstart_urls_resolve() -> None:
+    from django.urls import resolve, reverse
+
+    with override_settings(ROOT_URLCONF="docs.examples.quickstart"):
+        assert reverse("job-progress", args=[7]) == "/jobs/7/progress/"
+        assert resolve("/time/").func is example("quickstart").server_time
+
+
+def test_class_based_view() -> None:
+    view = example("class_based").NotificationsView.as_view()
+    text = run_sync(view, rf.get("/notifications/"))
+    assert frames(text) == ['event: greeting\ndata: {"text": "welcome", "path": "/notifications/"}']
+
+
+# --------------------------------------------------------------------------- yield styles
+
+EVERY_STYLE = (
+    "data: hello\n\n"
+    'event: update\ndata: {"count": 1}\n\n'
+    'id: 2\nevent: update\ndata: {"count": 2}\n\n'
+    "id: 3\nevent: status\ndata: saved\n\n"
+    'data: {"user": "ada", "online": true}\n\n'
+    ": last one\nid: 4\nevent: close\ndata: bye\n\n"
+    "data: [1, 2, 3]\n\n"
+)
+
+
+def test_yield_styles_view() -> None:
+    assert run_sync(example("yield_styles").every_style, rf.get("/")) == EVERY_STYLE
+
+
+def test_yield_styles_page_shows_the_view_output() -> None:
+    page = (DOCS / "yield-styles.md").read_text()
+    assert "```text\n" + EVERY_STYLE.rstrip("\n") + "\n```" in page
+
+
+def _table_rows(page: str, header: str) -> list[tuple[str, str]]:
+    """Rows of the table under ``header``: (first cell, second cell), inline code stripped."""
+    section = page.split(header, 1)[1]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`") and cells[1].startswith("`"):
+            rows.append((cells[0].strip("`"), cells[1].strip("`")))
+    assert rows, f"no table rows under {header!r}"
+    return rows
+
+
+def _unescape(frame: str) -> str:
+    return frame.replace("\\r", "\r").replace("\\n", "\n")
+
+
+YIELD_ROWS = _table_rows((DOCS / "yield-styles.md").read_text(), "## The table")
+
+
+@pytest.mark.parametrize(("expression", "frame"), YIELD_ROWS)
+def test_yield_styles_table(expression: str, frame: str) -> None:
+    value = eval(expression, {"SSEEvent": SSEEvent})
+    assert to_sse(value) == _unescape(frame)
+
+
+REFUSED_ROWS = _table_rows((DOCS / "yield-styles.md").read_text(), "## What is refused")
+
+
+@pytest.mark.parametrize(("expression", "error"), REFUSED_ROWS)
+def test_yield_styles_refused(expression: str, error: str) -> None:
+    value = eval(expression, {"SSEEvent": SSEEvent})
+    expected = {"SSEYieldError": SSEYieldError, "ValueError": ValueError}[error]
+    with pytest.raises(expected) as raised:
+        to_sse(value)
+    assert type(raised.value) is expected
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def _user(*, authenticated: bool = True, can_view: bool = True) -> Any:
+    if not authenticated:
+        return AnonymousUser()
+
+    async def ahas_perm(perm: str) -> bool:
+        return can_view and perm == "reports.view_report"
+
+    return SimpleNamespace(
+        pk=1,
+        get_username=lambda: "ada",
+        is_authenticated=True,
+        is_staff=False,
+        has_perm=lambda perm: can_view and perm == "reports.view_report",
+        ahas_perm=ahas_perm,
+    )
+
+
+def _request(user: Any) -> Any:
+    request = rf.get("/reports/")
+    request.user = user
+
+    async def auser() -> Any:
+        return user
+
+    request.auser = auser
+    return request
+
+
+@pytest.mark.parametrize(
+    ("user", "status"),
+    [
+        (_user(), 200),
+        (_user(can_view=False), 403),
+        (_user(authenticated=False), 403),
+    ],
+)
+def test_permissions_sync(user: Any, status: int) -> None:
+    response = example("permissions").report_feed(_request(user))
+    assert response.status_code == status
+    if status == 200:
+        assert b"".join(response.streaming_content) == b'event: report\ndata: {"rows": 120}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("user", "status"),
+    [
+        (_user(), 200),
+        (_user(can_view=False), 403),
+        (_user(authenticated=False), 403),
+    ],
+)
+async def test_permissions_async(user: Any, status: int) -> None:
+    view = example("permissions").report_feed_async
+    if status == 200:
+        text = await run_async(view, _request(user))
+        assert text == 'event: report\ndata: {"rows": 120}\n\n'
+    else:
+        assert (await view(_request(user))).status_code == 403
+
+
+async def test_sync_permission_class_runs_in_a_thread_on_the_async_path() -> None:
+    import threading
+
+    from django_flosse import sse_stream
+
+    seen = []
+
+    class Check(example("permissions").CanViewReports):  # type: ignore[misc]
+        def has_permission(self, request: Any) -> bool:
+            seen.append(threading.current_thread())
+            return super().has_permission(request)
+
+    @sse_stream(permission_classes=[Check])
+    async def view(request: Any) -> Any:
+        yield "ok"
+
+    assert await run_async(view, _request(_user())) == "data: ok\n\n"
+    assert seen and seen[0] is not threading.current_thread()
+
+
+# --------------------------------------------------------------------------- async views
+
+
+async def test_polling_job_status(fast_sleep: None) -> None:
+    mod = example("polling")
+    await cache.aset("job:5:progress", 40)
+    response = await mod.job_status(rf.get("/"), job_id=5)
+    it = response.streaming_content
+    received = b""
+    try:
+        async for chunk in it:
+            received += chunk
+            if b'"percent": 40' in received:
+                await cache.aset("job:5:progress", 100)
+            if b"event: done" in received:
+                break
+    finally:
+        await it.aclose()
+        await cache.adelete("job:5:progress")
+    assert frames(received.decode()) == [
+        'event: progress\ndata: {"job": 5, "percent": 40}',
+        'event: progress\ndata: {"job": 5, "percent": 100}',
+        'event: done\ndata: {"job": 5}',
+    ]
+
+
+async def test_pubsub_fan_out_and_unsubscribe() -> None:
+    mod = example("pubsub")
+    first = await mod.chat_feed(rf.get("/"))
+    second = await mod.chat_feed(rf.get("/"))
+    a, b = first.streaming_content, second.streaming_content
+
+    # Start both streams: each subscribes, then waits at `await queue.get()`.
+    reads = [asyncio.ensure_future(a.__anext__()), asyncio.ensure_future(b.__anext__())]
+    for _ in range(100):
+        if len(mod.chat) == 2:
+            break
+        await asyncio.sleep(0.001)
+    assert len(mod.chat) == 2
+
+    mod.chat.publish("message", {"text": "hi"})
+    chunks = await asyncio.wait_for(asyncio.gather(*reads), timeout=5)
+    assert chunks == [b'event: message\ndata: {"text": "hi"}\n\n'] * 2
+
+    # The clients go away: the finally blocks unsubscribe.
+    await a.aclose()
+    await b.aclose()
+    assert len(mod.chat) == 0
+
+
+async def test_pubsub_slow_client_loses_messages_instead_of_blocking() -> None:
+    mod = example("pubsub")
+    hub = mod.Broadcaster(max_backlog=2)
+    queue = hub.subscribe()
+    for i in range(5):
+        hub.publish("n", i)
+    assert [queue.get_nowait() for _ in range(queue.qsize())] == [("n", 0), ("n", 1)]
+
+
+@pytest.mark.parametrize("view_name", ["ticker", "ticker_returns"])
+async def test_cleanup_on_cancellation(
+    view_name: str, fast_sleep: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    mod = example("cleanup")
+    caplog.set_level(logging.INFO)
+    request = rf.get("/")
+    text = await run_async(getattr(mod, view_name), request, events=2)
+    assert frames(text)[:2] == ['event: tick\ndata: {"n": 0}', 'event: tick\ndata: {"n": 1}']
+    assert id(request) not in mod.open_feeds
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("client left the ticker") for m in messages)
+    # Both idioms end as "cancelled", never as "completed" or "error".
+    closed = [m for m in messages if "sse.connection.closed" in m]
+    assert closed and "reason='cancelled'" in closed[-1]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_blocking_calls_moved_off_the_loop() -> None:
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    await User.objects.acreate(username="ada", is_staff=True)
+    await User.objects.acreate(username="grace")
+    text = await run_async(example("blocking").user_directory, rf.get("/"))
+    digest = example("blocking").checksum(b"report body")
+    got = frames(text)
+    assert got[0] == 'event: count\ndata: {"users": 2}'
+    assert got[1].startswith('event: user\ndata: {"pk": ') and '"username": "ada"}' in got[1]
+    assert '"username": "grace"}' in got[2]
+    assert got[3] == f'event: checksum\ndata: {{"sha256": "{digest}"}}'
+    assert got[4] == 'event: staff\ndata: ["ada"]'
+
+
+# --------------------------------------------------------------------------- heartbeats, resume
+
+
+async def test_resume_first_visit(fast_sleep: None) -> None:
+    text = await run_async(example("resume").messages, rf.get("/"), events=4)
+    assert frames(text)[:4] == [
+        "retry: 5000",
+        'id: 1\nevent: message\ndata: {"text": "hello"}',
+        'id: 2\nevent: message\ndata: {"text": "how are you?"}',
+        'id: 3\nevent: message\ndata: {"text": "fine, thanks"}',
+    ]
+
+
+async def test_resume_after_reconnect() -> None:
+    # No fast_sleep: the view sleeps a whole second after the backlog, so the two frames
+    # below are all it can send within the test.
+    request = rf.get("/", headers={"Last-Event-ID": "2"})
+    text = await asyncio.wait_for(run_async(example("resume").messages, request, events=2), 5)
+    assert frames(text) == [
+        "retry: 5000",
+        'id: 3\nevent: message\ndata: {"text": "fine, thanks"}',
+    ]
+
+
+@pytest.mark.parametrize("value", ["", "abc", "-1"])
+def test_resume_ignores_ids_it_did_not_send(value: str) -> None:
+    assert example("resume").last_event_id(rf.get("/", headers={"Last-Event-ID": value})) == 0
+
+
+async def test_heartbeat_comment_when_idle() -> None:
+    from django_flosse import sse_stream
+
+    @sse_stream(heartbeat=0.05)
+    async def idle(request: Any) -> Any:
+        yield "first"
+        await asyncio.sleep(3600)
+        yield "never"
+
+    text = await run_async(idle, rf.get("/"), events=3)
+    assert text == "data: first\n\n: keep-alive\n\n: keep-alive\n\n"
+
+
+# --------------------------------------------------------------------------- errors
+
+ERROR_FRAME = re.compile(r"event: error\ndata: (\{.*\})")
+
+
+def test_error_frame_without_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="django_flosse")
+    got = frames(run_sync(example("errors").export, rf.get("/")))
+    assert got[0] == 'event: status\ndata: {"state": "started"}'
+    match = ERROR_FRAME.fullmatch(got[1])
+    assert match and len(got) == 2
+    payload = json.loads(match.group(1))
+    assert payload == {
+        "message": "The event stream failed on the server.",
+        "error_id": payload["error_id"],
+    }
+    assert re.fullmatch(r"[0-9a-f]{8}", payload["error_id"])
+    # The log has the error id and the traceback; the client has neither.
+    error = next(r for r in caplog.records if "sse.stream.error" in r.getMessage())
+    assert f"error_id='{payload['error_id']}'" in error.getMessage()
+    assert error.exc_info and error.exc_info[0] is ConnectionError
+
+
+@override_settings(DEBUG=True)
+def test_error_frame_with_debug() -> None:
+    got = frames(run_sync(example("errors").export, rf.get("/")))
+    payload = json.loads(ERROR_FRAME.fullmatch(got[1]).group(1))  # type: ignore[union-attr]
+    assert payload["detail"] == "ConnectionError: database at 10.0.0.5 refused the connection"
+
+
+def test_errors_page_shows_the_frames() -> None:
+    page = (DOCS / "errors.md").read_text()
+    assert (
+        'event: error\ndata: {"message": "The event stream failed on the server.", "error_id": "'
+        in page
+    )
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_example_is_the_defaults() -> None:
+    documented = example("settings_example").FLOSSE
+    assert documented == dict(DEFAULTS)
+    with override_settings(FLOSSE=documented):
+        config = get_config()
+        assert config.heartbeat == 15.0
+        assert config.sync_read_ahead == 16
+    page = (DOCS / "settings.md").read_text()
+    for key in DEFAULTS:
+        assert f"`{key}`" in page, f"FLOSSE[{key!r}] is not documented"
+
+
+def test_settings_unknown_key_is_refused() -> None:
+    with override_settings(FLOSSE={"HEARTBEATS": 5}), pytest.raises(ImproperlyConfigured):
+        get_config()
+
+
+# --------------------------------------------------------------------------- migration
+
+
+def _fenced_pairs(page: str) -> Iterator[tuple[str, str]]:
+    """(expression, after) pairs: a ```python block `yield X`, then its "After" tab."""
+    pattern = r'```python\nyield (.+?)\n```\n\n=== "Before \(0\.2\.0\)".*?=== "After"\n\n    ```text\n(.*?)\n    ```'
+    for match in re.finditer(pattern, page, re.S):
+        after = "\n".join(line[4:] for line in match.group(2).splitlines())
+        yield match.group(1), after
+
+
+MIGRATION_PAIRS = list(_fenced_pairs((DOCS / "migration.md").read_text()))
+
+
+def test_migration_page_has_checked_examples() -> None:
+    assert len(MIGRATION_PAIRS) >= 6
+
+
+@pytest.mark.parametrize(("expression", "after"), MIGRATION_PAIRS)
+def test_migration_after_frames(expression: str, after: str) -> None:
+    value = eval(expression, {"SSEEvent": SSEEvent})
+    try:
+        got = to_sse(value)
+    except (SSEYieldError, ValueError) as exc:
+        assert " ".join(after.split()) == " ".join(f"{type(exc).__name__}: {exc}".split())
+    else:
+        assert got == after + "\n\n"
+
+
+# --------------------------------------------------------------------------- validate first
+
+
+@pytest.mark.django_db
+def test_validate_first() -> None:
+    from django.contrib.auth import get_user_model
+    from django.http import Http404
+
+    mod = example("validate_first")
+    with pytest.raises(Http404):
+        mod.user_activity(rf.get("/"), username="nobody")
+    user = get_user_model().objects.create(username="ada")
+    text = run_sync(mod.user_activity, rf.get("/"), username="ada")
+    joined = user.date_joined.isoformat().replace("+00:00", "Z")
+    assert text.startswith('event: user\ndata: {"username": "ada", "joined": "')
+    assert text.endswith('"}\n\n') and joined[:19] in text
+
+
+# --------------------------------------------------------------------------- testing helpers
+
+
+@override_settings(ROOT_URLCONF="docs.examples.quickstart")
+def test_testing_example_sync(fast_sleep: None) -> None:
+    from django.test import Client
+
+    example("testing_example").test_job_progress(Client())
+
+
+@override_settings(ROOT_URLCONF="docs.examples.quickstart")
+async def test_testing_example_async(fast_sleep: None) -> None:
+    from django.test import AsyncClient
+
+    await example("testing_example").test_server_time(AsyncClient())
+
+
+def test_testing_page_shows_parse_events() -> None:
+    from django_flosse.testing import parse_events
+
+    events = parse_events('id: 1\nevent: tick\ndata: {"n": 1}\n\n: keep-alive\n\ndata: plain\n\n')
+    assert [(e.event, e.data, e.id) for e in events] == [
+        ("tick", '{"n": 1}', "1"),
+        ("message", "plain", "1"),
+    ]
+    page = (DOCS / "testing.md").read_text()
+    assert "parse_events(" in page
+
+
+def test_testing_unit_example(fast_sleep: None) -> None:
+    example("testing_unit").test_job_progress_unit()
