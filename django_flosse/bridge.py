@@ -15,6 +15,7 @@ stream never sends a byte. These bridges step one item at a time instead:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sys
 import threading
@@ -30,17 +31,47 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _close_thread_db_connections() -> None:
-    # Database connections are per thread: the ones this generator opened die with it.
-    from django.db import connections
+class _LentDatabases:
+    """The view's database connections, lent to the thread that runs its generator.
 
-    connections.close_all()
+    Django's connections are per thread. A sync generator is the rest of its view, so it
+    should see what the view saw: the same connection, and so the same transaction (a test's,
+    ``ATOMIC_REQUESTS``'s) and the same ``CONN_MAX_AGE`` reuse, instead of opening a new
+    connection per stream. The lending thread waits for frames meanwhile; it closes the
+    connections as usual when the request finishes.
+    """
+
+    def __init__(self) -> None:
+        from django.db import connections
+
+        self._lent = [connections[alias] for alias in connections]
+
+    def borrow(self) -> None:
+        from django.db import connections
+
+        for connection in self._lent:
+            connection.inc_thread_sharing()
+            connections[connection.alias] = connection
+
+    def give_back(self) -> None:
+        for connection in self._lent:
+            connection.dec_thread_sharing()
 
 
 class ThreadedSource:
     """An async iterator of encoded frames produced by a sync iterator in its own thread."""
 
-    def __init__(self, iterator: Iterator[Any], encode: Callable[[Any], bytes], ahead: int) -> None:
+    def __init__(
+        self,
+        iterator: Iterator[Any],
+        encode: Callable[[Any], bytes],
+        ahead: int,
+        *,
+        lend_databases: bool = False,
+    ) -> None:
+        """``lend_databases``: run the iterator on the database connections of the thread
+        that creates this source (the view's)."""
+        self._databases = _LentDatabases() if lend_databases else None
         self._iterator = iterator
         self._encode = encode
         self._ahead = ahead
@@ -79,6 +110,8 @@ class ThreadedSource:
 
     def _produce(self) -> None:
         end: BaseException = StopAsyncIteration()
+        if self._databases is not None:
+            self._databases.borrow()
         try:
             for item in self._iterator:
                 frame = self._encode(item)
@@ -97,15 +130,18 @@ class ThreadedSource:
                 if close is not None:
                     close()  # GeneratorExit at the generator's yield, in its own thread
             finally:
-                _close_thread_db_connections()
+                if self._databases is not None:
+                    self._databases.give_back()
                 with self._cond:
                     self._end = end
                     self._notify_consumer()
 
     def _notify_consumer(self) -> None:
         waiter, self._waiter = self._waiter, None
-        if waiter is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(_wake, waiter)
+        if waiter is not None and self._loop is not None and not self._closed:
+            # A closed loop raises RuntimeError: its consumer is gone, nobody is waiting.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(_wake, waiter)
 
     async def aclose(self) -> None:
         """Ask the thread to stop; it closes the generator after its current step.
@@ -115,6 +151,7 @@ class ThreadedSource:
         """
         with self._cond:
             self._closed = True
+            self._waiter = None
             self._cond.notify()
 
 

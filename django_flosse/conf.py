@@ -116,7 +116,10 @@ def _required(value: _T | None) -> _T:
 
 
 def _encoder(value: Any) -> type[json.JSONEncoder]:
-    encoder = import_string(value) if isinstance(value, str) else value
+    try:
+        encoder = import_string(value) if isinstance(value, str) else value
+    except ImportError as exc:
+        raise _fail("JSON_ENCODER", f"an importable dotted path ({exc})", value) from exc
     if not (isinstance(encoder, type) and issubclass(encoder, json.JSONEncoder)):
         raise _fail("JSON_ENCODER", "a json.JSONEncoder subclass or its dotted path", value)
     return encoder
@@ -127,7 +130,10 @@ def _observers(value: Any) -> tuple[Any, ...]:
         raise _fail("OBSERVERS", "a list of observer classes, instances or dotted paths", value)
     observers = []
     for item in value:
-        observer = import_string(item) if isinstance(item, str) else item
+        try:
+            observer = import_string(item) if isinstance(item, str) else item
+        except ImportError as exc:
+            raise _fail("OBSERVERS", f"importable dotted paths ({exc})", value) from exc
         observers.append(observer() if isinstance(observer, type) else observer)
     return tuple(observers)
 

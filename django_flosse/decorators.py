@@ -149,7 +149,9 @@ def _respond(
         if is_async:
             source, item_encoder = items, encode
         elif hasattr(items, "__iter__"):
-            source = ThreadedSource(iter(items), encode, config.sync_read_ahead)
+            source = ThreadedSource(
+                iter(items), encode, config.sync_read_ahead, lend_databases=True
+            )
             item_encoder = None
         else:
             raise TypeError(

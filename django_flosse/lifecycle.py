@@ -132,6 +132,7 @@ class Stream:
         self.started = True
         conn = self.connection
         step = Step(self._source)
+        delivered = False
         encode = self._encode
         heartbeat = self._heartbeat
         out: list[bytes] = [self._first] if self._first else []
@@ -167,7 +168,7 @@ class Stream:
                             last_sent = time.monotonic()
                             continue
                     except asyncio.CancelledError:
-                        if _cancel_requested():
+                        if not hasattr(asyncio.current_task(), "cancelling"):
                             raise
                         # The producer's own asyncio.timeout() cancelled this task: hand the
                         # cancellation to the producer, whose timeout turns it into TimeoutError.
@@ -176,6 +177,7 @@ class Stream:
                         except StopAsyncIteration:
                             ready, finished = False, True
                         if _cancel_requested():
+                            delivered = True  # the producer has seen this cancellation
                             raise asyncio.CancelledError() from None
                         if ready:
                             out.append(encode(item) if encode is not None else item)
@@ -223,7 +225,7 @@ class Stream:
                 yield tail
         except (asyncio.CancelledError, GeneratorExit):
             reason = reasons.CANCELLED
-            await self._cancel_producer(step)
+            await self._cancel_producer(step, delivered=delivered)
             raise
         except Exception as exc:  # the producer raised, or yielded something invalid
             reason = reasons.ERROR
@@ -247,11 +249,11 @@ class Stream:
         self.connection.bytes_sent += len(chunk)
         return chunk
 
-    async def _cancel_producer(self, step: Step) -> None:
+    async def _cancel_producer(self, step: Step, delivered: bool = False) -> None:
         if not step.suspended:
             return
         try:
-            await step.cancel()
+            await step.cancel(deliver=not delivered)
         except Exception:
             get_logger().warning(
                 STREAM_ERROR,

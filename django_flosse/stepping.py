@@ -100,7 +100,7 @@ class Step:
             )
         return False, None
 
-    async def cancel(self) -> tuple[bool, Any] | None:
+    async def cancel(self, deliver: bool = True) -> tuple[bool, Any] | None:
         """Cancel a suspended step and let the producer finish its cleanup.
 
         The producer sees ``CancelledError`` at its current ``await``, as under a plain
@@ -108,7 +108,10 @@ class Step:
         cleanup may await. Returns the step's outcome if the producer swallowed the
         cancellation, ``None`` otherwise.
         """
-        exc: BaseException | None = asyncio.CancelledError()
+        exc: BaseException | None = asyncio.CancelledError() if deliver else None
+        if not deliver and self._aw is not None:  # wait for what the producer awaits
+            fut = self.waiting_on
+            await (asyncio.sleep(0) if fut is None else wait_for_future(fut))
         while self._aw is not None:
             try:
                 outcome = self.poll() if exc is None else self.throw(exc)

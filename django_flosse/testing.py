@@ -330,7 +330,9 @@ def _being_cancelled() -> bool:
 
 async def _in_own_thread(func: Any, *args: Any) -> None:
     """Run a blocking call off the event loop, on a thread that is gone when this returns."""
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    executor = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="flosse-testing"
+    )
     try:
         await asyncio.wrap_future(executor.submit(func, *args))
     finally:
@@ -409,8 +411,10 @@ def collect_events(
 
     Returns fewer events if the stream ends first. Raises ``TimeoutError`` (saying how many
     events arrived) if ``timeout`` seconds pass first. Either way the stream is closed as a
-    server closes it when the client goes away, so the view's ``finally`` has run when this
-    returns. Call it from sync code; in ``async def`` tests use :func:`acollect_events`.
+    server closes it when the client goes away. An ``async def`` view's ``finally`` has run
+    when this returns; a ``def`` view's generator runs in a thread of its own and is closed
+    there after its current step, so its ``finally`` may run a moment later. Call this from
+    sync code; in ``async def`` tests use :func:`acollect_events`.
     """
     collector = _Collector(response, max_events, timeout)
     try:

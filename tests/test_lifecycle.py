@@ -1,0 +1,289 @@
+"""The stream lifecycle, in process: batching, heartbeats, cancellation, close reasons."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from django_flosse import reasons
+from django_flosse.events import KEEPALIVE, encode_event
+from django_flosse.lifecycle import ERROR_MESSAGE, MAX_CHUNK_BYTES, Stream
+from django_flosse.registry import Connection, Registry
+
+
+@pytest.fixture(autouse=True)
+def _no_observers(settings: Any) -> None:
+    """These tests are about the stream itself: no metrics or logs observers."""
+    settings.FLOSSE = {"OBSERVERS": []}
+
+
+def encode(item: Any) -> bytes:
+    return encode_event(str(item)).encode()
+
+
+def make_stream(source: AsyncIterator[Any], **kwargs: Any) -> Stream:
+    registry = Registry()
+    connection = Connection(id=uuid.uuid4().hex, stream="tests.lifecycle")
+    assert registry.open(connection) is None
+    kwargs.setdefault("heartbeat", None)
+    return Stream(source, connection=connection, encode=encode, registry=registry, **kwargs)
+
+
+async def collect(stream: Stream) -> list[bytes]:
+    return [chunk async for chunk in stream.frames()]
+
+
+async def test_ready_events_leave_together_in_one_chunk() -> None:
+    async def ready() -> AsyncIterator[str]:
+        for i in range(5):
+            yield f"e{i}"
+
+    stream = make_stream(ready())
+    chunks = await collect(stream)
+    assert chunks == [b"".join(encode(f"e{i}") for i in range(5))]
+    assert stream.events_sent == 5
+    assert stream.close_reason == reasons.COMPLETED
+
+
+async def test_a_ready_event_does_not_wait_for_the_next() -> None:
+    second = asyncio.Event()
+    seen: list[bytes] = []
+
+    async def slow() -> AsyncIterator[str]:
+        yield "first"
+        await second.wait()
+        yield "second"
+
+    stream = make_stream(slow())
+    async for chunk in stream.frames():
+        seen.append(chunk)
+        second.set()  # only released once "first" has left on its own
+    assert seen == [encode("first"), encode("second")]
+
+
+async def test_a_chunk_never_exceeds_the_limit_by_more_than_one_event() -> None:
+    event_size = len(encode("x" * 1000))
+
+    async def flood() -> AsyncIterator[str]:
+        for _ in range(300):
+            yield "x" * 1000
+
+    stream = make_stream(flood())
+    chunks = await collect(stream)
+    assert len(chunks) > 1
+    assert all(len(chunk) < MAX_CHUNK_BYTES + event_size for chunk in chunks)
+    assert b"".join(chunks) == encode("x" * 1000) * 300
+
+
+async def test_heartbeats_when_idle_never_cancel_the_pending_step() -> None:
+    """The producer awaits far longer than the heartbeat; its step must survive the waits."""
+    release = asyncio.Event()
+    log: list[str] = []
+
+    async def idle() -> AsyncIterator[str]:
+        try:
+            yield "before"
+            await release.wait()  # released only after keep-alives were sent
+            log.append("resumed")
+            yield "after"
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    stream = make_stream(idle(), heartbeat=0.02)
+    chunks = []
+    async for chunk in stream.frames():
+        chunks.append(chunk)
+        if chunks.count(KEEPALIVE) == 3:
+            release.set()
+    assert chunks[0] == encode("before")
+    assert chunks[1:4] == [KEEPALIVE] * 3
+    assert encode("after") in chunks[4:]
+    assert log == ["resumed"]
+    assert stream.close_reason == reasons.COMPLETED
+
+
+async def test_no_heartbeat_while_events_flow() -> None:
+    async def steady() -> AsyncIterator[int]:
+        for i in range(20):
+            await asyncio.sleep(0)
+            yield i
+
+    chunks = await collect(make_stream(steady(), heartbeat=60))
+    assert KEEPALIVE not in chunks
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout() is new in 3.11")
+@pytest.mark.parametrize("heartbeat", [None, 30.0])
+async def test_producer_keeps_streaming_after_its_own_timeout_fires(
+    heartbeat: float | None,
+) -> None:
+    async def with_timeout() -> AsyncIterator[str]:
+        yield "start"
+        try:
+            async with asyncio.timeout(0.05):  # type: ignore[attr-defined,unused-ignore]
+                await asyncio.sleep(60)
+        except TimeoutError:
+            yield "timed out"
+        await asyncio.sleep(0)
+        yield "after"
+
+    stream = make_stream(with_timeout(), heartbeat=heartbeat)
+    chunks = await asyncio.wait_for(collect(stream), 10)
+    assert b"".join(chunks) == encode("start") + encode("timed out") + encode("after")
+    assert stream.close_reason == reasons.COMPLETED
+
+
+async def _cancel_after_first_chunk(stream: Stream) -> list[bytes]:
+    chunks: list[bytes] = []
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for chunk in stream.frames():
+            chunks.append(chunk)
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 5)
+    await asyncio.sleep(0.01)  # let the producer reach its await
+    task.cancel()  # what Django's ASGI handler does on http.disconnect
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return chunks
+
+
+async def test_cancellation_is_raised_in_the_producer_and_its_finally_runs() -> None:
+    log: list[str] = []
+
+    async def endless() -> AsyncIterator[str]:
+        try:
+            yield "first"
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        finally:
+            await asyncio.sleep(0)  # cleanup may await: a bare yield,
+            await asyncio.sleep(0.01)  # and a real timer
+            log.append("finally")
+
+    stream = make_stream(endless(), heartbeat=30)
+    chunks = await _cancel_after_first_chunk(stream)
+    assert chunks == [encode("first")]
+    assert log == ["cancelled", "finally"]
+    assert stream.close_reason == reasons.CANCELLED
+
+
+async def test_a_producer_that_swallows_the_cancellation_ends_cancelled() -> None:
+    log: list[str] = []
+
+    async def swallows() -> AsyncIterator[str]:
+        try:
+            yield "first"
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            log.append("swallowed")
+            return  # as 0.2.0's docs said was fine
+
+    stream = make_stream(swallows(), heartbeat=None)
+    chunks = await _cancel_after_first_chunk(stream)
+    assert chunks == [encode("first")]
+    assert log == ["swallowed"]
+    assert stream.close_reason == reasons.CANCELLED
+
+
+async def test_aclose_of_the_frames_cancels_the_producer() -> None:
+    log: list[str] = []
+
+    async def endless() -> AsyncIterator[int]:
+        try:
+            for i in range(10**9):
+                yield i
+                await asyncio.sleep(0.001)
+        finally:
+            log.append("finally")
+
+    stream = make_stream(endless())
+    frames = stream.frames()
+    assert await frames.__anext__() == encode(0)
+    await frames.aclose()
+    assert log == ["finally"]
+    assert stream.close_reason == reasons.CANCELLED
+
+
+async def test_completed() -> None:
+    async def three() -> AsyncIterator[int]:
+        for i in range(3):
+            await asyncio.sleep(0)
+            yield i
+
+    stream = make_stream(three())
+    assert b"".join(await collect(stream)) == encode(0) + encode(1) + encode(2)
+    assert stream.close_reason == reasons.COMPLETED
+    assert stream.events_sent == 3
+
+
+async def test_error_sends_one_error_frame_after_the_events_before_it() -> None:
+    async def fails() -> AsyncIterator[str]:
+        yield "before"
+        raise RuntimeError("secret detail")
+
+    stream = make_stream(fails())
+    chunks = await collect(stream)
+    body = b"".join(chunks)
+    assert body.startswith(encode("before"))
+    error = body[len(encode("before")) :].decode()
+    assert error.startswith("event: error\ndata: ")
+    payload = json.loads(error.removeprefix("event: error\ndata: ").strip())
+    assert payload == {"message": ERROR_MESSAGE, "error_id": stream.error_id}
+    assert b"secret" not in body
+    assert stream.close_reason == reasons.ERROR
+    assert stream.events_sent == 1
+
+
+async def test_an_item_that_cannot_be_encoded_ends_the_stream_with_an_error() -> None:
+    def picky(item: Any) -> bytes:
+        if item == "bad":
+            raise ValueError("cannot encode")
+        return encode(item)
+
+    async def items() -> AsyncIterator[str]:
+        yield "good"
+        yield "bad"
+        yield "never"
+
+    registry = Registry()
+    connection = Connection(id="c1", stream="tests.lifecycle")
+    registry.open(connection)
+    stream = Stream(items(), connection=connection, encode=picky, heartbeat=None, registry=registry)
+    body = b"".join(await collect(stream))
+    assert body.startswith(encode("good") + b"event: error\n")
+    assert b"never" not in body
+    assert stream.close_reason == reasons.ERROR
+
+
+async def test_bytes_sent_is_the_sum_of_the_chunk_lengths() -> None:
+    release = asyncio.Event()
+
+    async def items() -> AsyncIterator[str]:
+        yield "a"
+        await release.wait()
+        yield "b" * 100
+        yield "ü"
+
+    stream = make_stream(items(), retry=1500, heartbeat=0.02)
+    chunks = []
+    async for chunk in stream.frames():
+        chunks.append(chunk)
+        if chunk == KEEPALIVE:
+            release.set()
+    assert chunks[0].startswith(b"retry: 1500\n\n")
+    assert KEEPALIVE in chunks
+    assert stream.bytes_sent == sum(len(chunk) for chunk in chunks)
+    assert stream.events_sent == 3
