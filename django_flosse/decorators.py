@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
@@ -32,6 +32,7 @@ from .response import SSEResponse
 __all__ = ["sse_stream"]
 
 ViewT = TypeVar("ViewT", bound=Callable[..., Any])
+P = ParamSpec("P")
 PermissionClasses = Sequence[type[BaseSSEPermission] | BaseSSEPermission]
 
 _GZIP_MIDDLEWARE = "django.middleware.gzip.GZipMiddleware"
@@ -243,8 +244,30 @@ def _decorate(view_func: ViewT, **kwargs: Any) -> ViewT:
     return sync_view  # type: ignore[return-value]
 
 
+class StreamDecorator(Protocol):
+    """What ``@sse_stream(...)`` returns: it decorates a sync or an async generator view."""
+
+    @overload
+    def __call__(
+        self, view_func: Callable[P, AsyncIterator[Any]], /
+    ) -> Callable[P, Coroutine[Any, Any, HttpResponseBase]]: ...
+
+    @overload
+    def __call__(
+        self, view_func: Callable[P, Iterable[Any]], /
+    ) -> Callable[P, HttpResponseBase]: ...
+
+
+# A decorated view is a view: it returns a response (awaitable for async generators), so
+# `path("...", view)` and `view(request).status_code` type-check in projects using mypy.
 @overload
-def sse_stream(view_func: ViewT, /) -> ViewT: ...
+def sse_stream(
+    view_func: Callable[P, AsyncIterator[Any]], /
+) -> Callable[P, Coroutine[Any, Any, HttpResponseBase]]: ...
+
+
+@overload
+def sse_stream(view_func: Callable[P, Iterable[Any]], /) -> Callable[P, HttpResponseBase]: ...
 
 
 @overload
@@ -258,7 +281,7 @@ def sse_stream(
     permission_classes: PermissionClasses = (),
     max_connections: int | None = ...,
     max_connections_per_user: int | None = ...,
-) -> Callable[[ViewT], ViewT]: ...
+) -> StreamDecorator: ...
 
 
 def sse_stream(

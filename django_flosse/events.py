@@ -136,13 +136,15 @@ class SSEEvent:
 def json_dumps_with(encoder_class: type[json.JSONEncoder]) -> Dumps:
     """A ``dumps`` for event data: non-ASCII kept as is (the stream is UTF-8), one encoder.
 
+    ``NaN`` and infinities are refused (``ValueError``): browsers' ``JSON.parse`` rejects them.
+
     ``JSONEncoder.encode`` spends most of its time in Python-level set-up before it reaches
     the C encoder; for encoders that only customise ``default()`` (``DjangoJSONEncoder``
     does) we build that C encoder once and call it directly: about 3x faster per event.
     Its circular-reference check is off (a stale marker left by a failed call could reject
     later, valid data); a circular structure fails with ``RecursionError`` instead.
     """
-    encoder = encoder_class(ensure_ascii=False)
+    encoder = encoder_class(ensure_ascii=False, allow_nan=False)
     fast = _fast_dumps(encoder)
     return fast if fast is not None else encoder.encode
 

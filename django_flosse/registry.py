@@ -252,12 +252,11 @@ class Registry:
         return count
 
     def reset(self) -> None:
-        """Forget everything (for tests)."""
+        """Forget every connection and total (for tests); subscribed observers stay."""
         with self._lock:
             self._live.clear()
             self._totals.clear()
             self._per_user.clear()
-            self._observers = []
 
 
 #: The registry of this process.

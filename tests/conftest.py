@@ -33,6 +33,16 @@ def _cleanup_servers_and_db_file() -> Iterator[None]:
                 os.unlink(db_file + suffix)
 
 
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """``structlog.testing.capture_logs`` leaves structlog marked as configured, which would
+    send later tests' events to structlog's default printer instead of stdlib logging."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
 @pytest.fixture(scope="module")
 def uvicorn_server(django_db_setup: None) -> Iterator[LiveServer]:
     """uvicorn serving tests.asgi on 127.0.0.1, shared by the tests of one module.
