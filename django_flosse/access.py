@@ -32,7 +32,10 @@ def _has_token(request: HttpRequest, token: str | None) -> bool:
     if not token:
         return False
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    # Bytes: compare_digest refuses non-ASCII str, and a header is the client's to make up.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 def may_read_metrics(request: HttpRequest, config: Config) -> bool:

@@ -12,7 +12,7 @@ from one background thread, so the hot path never touches a metric lock.
 from __future__ import annotations
 
 import threading
-import weakref
+import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -75,27 +75,36 @@ CONNECTION_DURATION = Histogram(
 )
 
 
-class MetricsObserver:
-    """Keeps the metrics above up to date from the registry's notifications."""
+class _Folding:
+    """What of each live connection's counters is already in Prometheus: one per process,
+    shared by every MetricsObserver (settings changes build new observers mid-stream)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # Live connections and what of their counters is already in Prometheus.
-        self._folded: dict[Connection, list[int]] = {}
-        self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
+        self.lock = threading.Lock()
+        self.folded: dict[Connection, list[int]] = {}
+        self.thread: threading.Thread | None = None
+
+
+_folding = _Folding()
+
+
+class MetricsObserver:
+    """Keeps the metrics above up to date from the registry's notifications."""
 
     def connection_opened(self, connection: Connection) -> None:
         CONNECTIONS_ACTIVE.labels(connection.stream).inc()
         CONNECTIONS_OPENED.labels(connection.stream).inc()
-        with self._lock:
-            self._folded[connection] = [0, 0]
-            if self._thread is None or not self._thread.is_alive():
-                self._start_folding()
+        with _folding.lock:
+            _folding.folded[connection] = [0, 0]
+            if _folding.thread is None or not _folding.thread.is_alive():
+                _folding.thread = threading.Thread(
+                    target=_fold_forever, name="flosse-metrics", daemon=True
+                )
+                _folding.thread.start()
 
     def connection_closed(self, connection: Connection) -> None:
-        with self._lock:
-            self._fold(connection, self._folded.pop(connection, [0, 0]))
+        with _folding.lock:
+            _fold(connection, _folding.folded.pop(connection, [0, 0]))
         CONNECTIONS_ACTIVE.labels(connection.stream).dec()
         CONNECTIONS_CLOSED.labels(connection.stream, connection.close_reason or "").inc()
         CONNECTION_DURATION.labels(connection.stream).observe(connection.duration)
@@ -105,45 +114,37 @@ class MetricsObserver:
 
     def fold(self) -> None:
         """Fold every live connection's new events and bytes into the counters now."""
-        # One lock for the whole fold (once a second, never per event), so a connection
-        # closing meanwhile cannot fold the same events twice.
-        with self._lock:
-            for connection, folded in self._folded.items():
-                self._fold(connection, folded)
-
-    @staticmethod
-    def _fold(connection: Connection, folded: list[int]) -> None:
-        # Read each counter once: the streaming thread may bump it meanwhile.
-        events, sent = connection.events_sent, connection.bytes_sent
-        if events > folded[0]:
-            EVENTS_SENT.labels(connection.stream).inc(events - folded[0])
-            folded[0] = events
-        if sent > folded[1]:
-            SENT_BYTES.labels(connection.stream).inc(sent - folded[1])
-            folded[1] = sent
-
-    def _start_folding(self) -> None:
-        self._thread = threading.Thread(
-            target=_fold_forever, args=(weakref.ref(self),), name="flosse-metrics", daemon=True
-        )
-        self._thread.start()
+        fold_all()
 
 
-def _fold_forever(ref: weakref.ReferenceType[MetricsObserver]) -> None:
+def fold_all() -> None:
+    # One lock for the whole fold (once a second, never per event), so a connection
+    # closing meanwhile cannot fold the same events twice.
+    with _folding.lock:
+        for connection, folded in _folding.folded.items():
+            _fold(connection, folded)
+
+
+def _fold(connection: Connection, folded: list[int]) -> None:
+    # Read each counter once: the streaming thread may bump it meanwhile.
+    events, sent = connection.events_sent, connection.bytes_sent
+    if events > folded[0]:
+        EVENTS_SENT.labels(connection.stream).inc(events - folded[0])
+        folded[0] = events
+    if sent > folded[1]:
+        SENT_BYTES.labels(connection.stream).inc(sent - folded[1])
+        folded[1] = sent
+
+
+def _fold_forever() -> None:
+    """The folding thread: runs while connections are live, then stops until the next."""
     while True:
-        observer = ref()
-        if observer is None:
-            return
-        with observer._lock:
-            idle = not observer._folded
-            if idle:
-                observer._thread = None
-        if idle:
-            return  # restarted by the next connection
-        observer.fold()
-        wake = observer._wake
-        del observer
-        wake.wait(FOLD_INTERVAL)
+        with _folding.lock:
+            if not _folding.folded:
+                _folding.thread = None
+                return
+        fold_all()
+        time.sleep(FOLD_INTERVAL)
 
 
 def prometheus_view() -> Any:

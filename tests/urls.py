@@ -24,3 +24,26 @@ urlpatterns = [
     path("pid/", views.pid_view),
     path("async/resume/", views.async_resume),
 ]
+
+# Observability tests (issue 3).
+urlpatterns += [
+    path("obs/limited-async/", views.obs_limited_async),
+    path("obs/limited-sync/", views.obs_limited_sync),
+    path("obs/per-user/", views.obs_per_user),
+    path("obs/forbidden/", views.obs_forbidden),
+    path("obs/count/", views.obs_count),
+    path("obs/async-count/", views.obs_async_count),
+    path("obs/endless/", views.obs_endless),
+    path("obs/async-endless/", views.obs_async_endless),
+    path("obs/fails/", views.obs_fails),
+    path("obs/async-fails/", views.obs_async_fails),
+    path("obs/logs-inside/", views.obs_logs_inside),
+    path("obs/async-logs-inside/", views.obs_async_logs_inside),
+    path("obs/held/", views.obs_held),
+    path("obs/pid-stream/", views.obs_pid_stream),
+]
+
+# Admin, connection history and dashboard tests (issue 4).
+from django.contrib import admin  # noqa: E402
+
+urlpatterns += [path("admin/", admin.site.urls)]

@@ -1,0 +1,322 @@
+"""Structured logs: the events of DESIGN.md, bound to the connection, through structlog when
+the project configured it and through the stdlib logger ``django_flosse`` when it did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from django.contrib.auth.models import User
+from django.core.signals import request_finished
+from django.db import close_old_connections
+from django.http import HttpResponseBase
+from django.test import Client, RequestFactory
+from structlog.contextvars import merge_contextvars
+
+from django_flosse.conf import get_config
+from django_flosse.registry import registry
+from django_flosse.testing import parse_events
+from tests import views
+
+OPENED = "sse.connection.opened"
+CLOSED = "sse.connection.closed"
+REJECTED = "sse.connection.rejected"
+STREAM_ERROR = "sse.stream.error"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry() -> Iterator[None]:
+    """Each test starts from an empty registry, without the observers subscribed elsewhere
+    (the persistence writer that ``AppConfig.ready()`` subscribes); those are back after it,
+    and the ones the test subscribed are gone."""
+    subscribed = _subscribed()
+    for observer in subscribed:
+        registry.unsubscribe(observer)
+    registry.reset()
+    yield
+    for observer in _subscribed():
+        registry.unsubscribe(observer)
+    registry.reset()
+    for observer in subscribed:
+        registry.subscribe(observer)
+
+
+def _subscribed() -> list[Any]:
+    """Observers added with ``registry.subscribe`` (not those of ``FLOSSE["OBSERVERS"]``)."""
+    from_settings = get_config().observers
+    return [o for o in registry.observers() if not any(o is s for s in from_settings)]
+
+
+@pytest.fixture
+def unconfigured_structlog() -> Iterator[None]:
+    """A project that never configured structlog (conftest resets structlog after each test)."""
+    structlog.reset_defaults()
+    assert not structlog.is_configured()
+    yield
+
+
+def read_all(response: HttpResponseBase) -> bytes:
+    """The whole body of a finite stream, as the server handed it over (sync or async)."""
+    content = response.streaming_content  # type: ignore[attr-defined]
+    if not hasattr(content, "__aiter__"):
+        return b"".join(content)
+
+    async def drain() -> bytes:
+        return b"".join([chunk async for chunk in content])
+
+    return asyncio.run(asyncio.wait_for(drain(), 10))
+
+
+def close_response(response: HttpResponseBase) -> None:
+    """``response.close()`` as a server calls it, without the test client's DB cleanup."""
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+
+
+def named(entries: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [entry for entry in entries if entry["event"] == event]
+
+
+# ------------------------------------------------------------------- with structlog
+
+
+@pytest.mark.parametrize(
+    ("url", "stream"),
+    [("/obs/count/?n=3", "obs.count"), ("/obs/async-count/?n=3", "obs.async_count")],
+    ids=["sync", "async"],
+)
+def test_a_completed_stream_logs_opened_and_closed(client: Client, url: str, stream: str) -> None:
+    with structlog.testing.capture_logs() as logs:
+        body = read_all(client.get(url, headers={"Last-Event-ID": "41"}))
+
+    (opened,) = named(logs, OPENED)
+    (closed,) = named(logs, CLOSED)
+    assert opened["log_level"] == closed["log_level"] == "info"
+    assert opened["connection_id"] == closed["connection_id"]
+    assert len(opened["connection_id"]) >= 16
+    assert opened["stream"] == closed["stream"] == stream
+    assert opened["path"] == url.partition("?")[0]
+    assert opened["last_event_id"] == "41"
+    assert closed["reason"] == "completed"
+    assert closed["events"] == 3
+    assert closed["bytes"] == len(body)
+    assert isinstance(closed["duration"], float) and 0 <= closed["duration"] < 30
+    assert logs.index(opened) < logs.index(closed)
+
+
+def test_a_client_that_leaves_is_logged_as_cancelled(client: Client) -> None:
+    from django_flosse.testing import collect_events
+
+    with structlog.testing.capture_logs() as logs:
+        events = collect_events(client.get("/obs/async-endless/"), max_events=2)
+    assert len(events) == 2
+    (closed,) = named(logs, CLOSED)
+    assert closed["reason"] == "cancelled"
+    assert closed["events"] >= 2
+    assert named(logs, STREAM_ERROR) == []  # a disconnect is not an error
+
+
+def test_rejections_are_logged_with_stream_and_reason(client: Client, rf: RequestFactory) -> None:
+    alice = User(pk=7, username="alice")
+
+    def as_alice() -> Any:
+        request = rf.get("/obs/per-user/")
+        request.user = alice
+        return request
+
+    with structlog.testing.capture_logs() as logs:
+        assert client.get("/obs/forbidden/").status_code == 403
+        held = views.obs_per_user(as_alice())
+        try:
+            assert views.obs_per_user(as_alice()).status_code == 429
+        finally:
+            close_response(held)
+        admitted = [views.obs_limited_sync(rf.get("/")) for _ in range(50)]
+        try:
+            assert views.obs_limited_sync(rf.get("/")).status_code == 503
+        finally:
+            for response in admitted:
+                close_response(response)
+
+    rejected = named(logs, REJECTED)
+    assert [(e["stream"], e["reason"]) for e in rejected] == [
+        ("obs.forbidden", "forbidden"),
+        ("obs.per_user", "user_limit"),
+        ("obs.limited_sync", "stream_limit"),
+    ]
+    assert {e["log_level"] for e in rejected} == {"warning"}
+    assert len(named(logs, OPENED)) == 51  # the refused requests never opened a connection
+
+
+@pytest.mark.parametrize(
+    ("url", "stream"),
+    [("/obs/fails/", "obs.fails"), ("/obs/async-fails/", "obs.async_fails")],
+    ids=["sync", "async"],
+)
+def test_a_failing_producer_is_logged_with_traceback_and_error_id(
+    client: Client, url: str, stream: str
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        body = read_all(client.get(url))
+
+    error_frame = [e for e in parse_events(body) if e.event == "error"]
+    assert len(error_frame) == 1
+    client_error_id = error_frame[0].json()["error_id"]
+    (opened,) = named(logs, OPENED)
+    (error,) = named(logs, STREAM_ERROR)
+    assert error["log_level"] == "error"
+    assert error["stream"] == stream
+    assert error["connection_id"] == opened["connection_id"]
+    assert error["error_id"] == client_error_id  # the id the client can quote to support
+    exc = error["exc_info"]
+    assert isinstance(exc, RuntimeError) and str(exc) == "obs producer failed"
+    assert exc.__traceback__ is not None
+    (closed,) = named(logs, CLOSED)
+    assert closed["reason"] == "error"
+    assert closed["error_id"] == client_error_id
+
+
+@pytest.mark.parametrize(
+    ("url", "stream", "flavour"),
+    [
+        ("/obs/logs-inside/", "obs.logs_inside", "sync"),
+        ("/obs/async-logs-inside/", "obs.async_logs_inside", "async"),
+    ],
+    ids=["sync", "async"],
+)
+def test_logs_inside_the_view_carry_connection_id_and_stream(
+    client: Client, url: str, stream: str, flavour: str
+) -> None:
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+        first = read_all(client.get(url))
+        second = read_all(client.get(url))
+    assert first.count(b"data:") == second.count(b"data:") == 2
+
+    opened = named(logs, OPENED)
+    assert len(opened) == 2
+    inside = [e for e in logs if e["event"].startswith(f"view.{flavour}.")]
+    assert [e["event"] for e in inside] == [
+        f"view.{flavour}.before_first",
+        f"view.{flavour}.between",
+    ] * 2
+    for entry, connection in zip(inside, [opened[0]] * 2 + [opened[1]] * 2, strict=True):
+        assert entry["connection_id"] == connection["connection_id"], entry
+        assert entry["stream"] == stream
+    # Nothing stays bound in the caller once the streams are over.
+    assert "connection_id" not in structlog.contextvars.get_contextvars()
+
+
+async def test_logs_inside_an_async_view_under_asgi_carry_the_connection(
+    rf: RequestFactory,
+) -> None:
+    """The ASGI way: the stream's frames iterated natively in the server's task."""
+    with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+        response = await views.obs_async_logs_inside(rf.get("/obs/async-logs-inside/"))
+        chunks = [chunk async for chunk in response.streaming_content]  # type: ignore[attr-defined]
+    assert b"".join(chunks).count(b"data:") == 2
+    (opened,) = named(logs, OPENED)
+    inside = [e for e in logs if e["event"].startswith("view.async.")]
+    assert len(inside) == 2
+    assert {e["connection_id"] for e in inside} == {opened["connection_id"]}
+    assert "connection_id" not in structlog.contextvars.get_contextvars()
+
+
+@pytest.mark.parametrize(
+    ("url", "stream"),
+    [("/obs/count/?n=100", "obs.count"), ("/obs/async-count/?n=100", "obs.async_count")],
+    ids=["sync", "async"],
+)
+def test_no_log_entry_above_debug_per_event(client: Client, url: str, stream: str) -> None:
+    with structlog.testing.capture_logs() as logs:
+        body = read_all(client.get(url))
+    assert body.count(b"event: tick") == 100
+    loud = [e for e in logs if e["log_level"] not in ("debug", "notset")]
+    assert [e["event"] for e in loud] == [OPENED, CLOSED]
+
+
+# ------------------------------------------------ without structlog configuration
+
+
+def flosse_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "django_flosse"]
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+def test_unconfigured_structlog_goes_through_the_stdlib_logger(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="django_flosse")
+    body = read_all(client.get("/obs/count/?n=2"))
+
+    records = flosse_records(caplog)
+    assert [r.levelno for r in records] == [logging.INFO, logging.INFO]
+    opened, closed = (r.getMessage() for r in records)
+    assert opened.startswith(f"event='{OPENED}' ")
+    assert "stream='obs.count'" in opened and "path='/obs/count/'" in opened
+    assert closed.startswith(f"event='{CLOSED}' ")
+    assert "reason='completed'" in closed
+    assert "events=2" in closed and f"bytes={len(body)}" in closed
+    connection_id = opened.split("connection_id='")[1].split("'")[0]
+    assert f"connection_id='{connection_id}'" in closed
+    assert not structlog.is_configured()  # we did not configure it behind the project's back
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+def test_unconfigured_errors_reach_the_stdlib_logger_with_the_traceback(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_flosse")
+    body = read_all(client.get("/obs/async-fails/"))
+
+    (error,) = [r for r in flosse_records(caplog) if STREAM_ERROR in r.getMessage()]
+    assert error.levelno == logging.ERROR
+    assert error.exc_info is not None
+    exc_type, exc, tb = error.exc_info
+    assert exc_type is RuntimeError and str(exc) == "obs producer failed" and tb is not None
+    (client_error,) = [e for e in parse_events(body) if e.event == "error"]
+    assert f"error_id='{json.loads(client_error.data)['error_id']}'" in error.getMessage()
+    assert "Traceback (most recent call last)" in caplog.text
+    assert "obs producer failed" in caplog.text
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+def test_unconfigured_levels_are_decided_by_the_stdlib_logger(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="django_flosse")
+    read_all(client.get("/obs/count/?n=2"))
+    assert client.get("/obs/forbidden/").status_code == 403
+
+    records = flosse_records(caplog)
+    assert [r.levelno for r in records] == [logging.WARNING]
+    assert (
+        records[0].getMessage() == f"event='{REJECTED}' stream='obs.forbidden' reason='forbidden'"
+    )
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+@pytest.mark.parametrize(
+    "url", ["/obs/count/?n=100", "/obs/async-count/?n=100"], ids=["sync", "async"]
+)
+def test_unconfigured_no_record_above_debug_per_event(
+    client: Client, caplog: pytest.LogCaptureFixture, url: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = read_all(client.get(url))
+    assert body.count(b"event: tick") == 100
+    loud = [r for r in caplog.records if r.levelno > logging.DEBUG]
+    assert [(r.name, r.getMessage().split()[0]) for r in loud] == [
+        ("django_flosse", f"event='{OPENED}'"),
+        ("django_flosse", f"event='{CLOSED}'"),
+    ]
+    per_event = [r for r in caplog.records if r.name.startswith("django_flosse")]
+    assert len(per_event) < 100  # not even DEBUG lines per event
