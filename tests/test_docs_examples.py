@@ -566,3 +566,37 @@ def test_testing_page_shows_parse_events() -> None:
 
 def test_testing_unit_example(fast_sleep: None) -> None:
     example("testing_unit").test_job_progress_unit()
+
+
+# -- observability.md -----------------------------------------------------------------
+
+
+def test_the_observer_example_counts_long_connections() -> None:
+    from django_flosse.registry import Connection, Registry
+
+    observer = example("observer").LongConnections()
+    local = Registry()
+    local.subscribe(observer)
+    short, long = Connection(id="a", stream="s"), Connection(id="b", stream="s")
+    long.opened_at -= 120
+    for connection in (short, long):
+        local.open(connection)
+        local.close(connection, "completed")
+    assert observer.per_stream == {"s": 1}
+
+
+def test_the_registry_api_example_reads_totals_and_live_connections() -> None:
+    from django_flosse.registry import Connection, registry
+
+    module = example("registry_api")
+    connection = Connection(id="docs-example", stream="docs.summary", username="ada")
+    registry.open(connection)
+    try:
+        connection.events_sent, connection.bytes_sent = 3, 42
+        summary = module.stream_summary()["docs.summary"]
+        assert summary["active"] == 1
+        assert summary["events"] == 3 and summary["bytes"] == 42
+        assert ("docs.summary", "ada") in [row[:2] for row in module.oldest_connections()]
+    finally:
+        registry.close(connection, "cancelled")
+    assert module.stream_summary()["docs.summary"]["cancelled"] == 1
