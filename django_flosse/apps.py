@@ -1,3 +1,9 @@
+"""The app config: installing ``"django_flosse"`` turns on the history and the admin.
+
+The decorator works without the app (nothing on its import path touches models); only
+``ready()``, which runs when the app is installed, wires the persistence writer.
+"""
+
 from __future__ import annotations
 
 from django.apps import AppConfig
@@ -9,3 +15,13 @@ class FlosseConfig(AppConfig):
     label = "django_flosse"
     verbose_name = _("Server-sent event streams")
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from .conf import get_config
+
+        if get_config().persistence:
+            # Imported here: persistence imports the models, which needs the app registry.
+            from .persistence import writer
+            from .registry import registry
+
+            registry.subscribe(writer)

@@ -144,6 +144,7 @@ class LiveServer:
         env = dict(os.environ)
         env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
         env["PYTHONUNBUFFERED"] = "1"
+        env["FLOSSE_TEST_SERVER"] = "1"  # servers write connection history (tests.settings)
         env.update(self.extra_env)
         return env
 

@@ -40,6 +40,11 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "tests.urls"
 
+# The connection history writer runs in the servers the tests start (so the dashboard sees
+# their streams), not in the test process, where a background thread writing rows would
+# outlive the test that made them. Persistence tests turn it on with override_settings.
+FLOSSE = {"PERSISTENCE": os.environ.get("FLOSSE_TEST_SERVER") == "1"}
+
 # TEST NAME == NAME: pytest-django creates and migrates this very file, so server processes
 # started by the tests (which open NAME) see the test tables. WAL and a busy timeout let them
 # write while the test process reads.

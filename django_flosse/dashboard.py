@@ -1,0 +1,479 @@
+"""The live admin dashboard: a page, the SSE feed that keeps it current, and terminate.
+
+Why it is built this way (read before "simplifying"):
+
+* The feed is itself an ``@sse_stream`` view (stream name :data:`DASHBOARD_STREAM`). It
+  sends one ``snapshot`` event on connect, then an ``update`` event only when something
+  changed: the decorator's keep-alive comments hold the connection in between.
+* Every process and host writes its connections to ``StreamConnection``
+  (``persistence.py``), so the feed reads that table every :data:`POLL_INTERVAL` to see the
+  whole deployment. This process's own rows lag its registry by up to ``FLUSH_INTERVAL``, so
+  for this process the feed reads the registry instead (SQL filters on ``process``), and a
+  registry observer wakes the feed the moment a local connection opens or closes.
+* Everything is aggregated in SQL: per-stream counts and sums, and only the newest
+  ``DASHBOARD_TOP`` live connections one by one. 10,000 live connections cost two queries
+  per poll and a frame of bounded size.
+* The feed leaves out its own stream: every frame it sends moves its own counters, which
+  would be a change to report, which would be another frame, for ever.
+* ``AdminSite.admin_view`` wraps sync views only, so the outer feed view is sync (login
+  redirect, permission check) and calls the async stream view through ``async_to_sync``.
+  The response it returns then streams natively under ASGI, where a disconnect cancels the
+  generator at once. Its queries run on one thread of its own through ``sync_to_async``:
+  never on the event loop, and its database connection is closed when the feed ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from typing import Any, cast
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
+from django.db import connections
+from django.db.models import Count, Q, Sum
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseBase,
+    HttpResponseForbidden,
+    HttpResponseNotAllowed,
+    JsonResponse,
+)
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from . import reasons
+from .conf import get_config
+from .decorators import sse_stream
+from .permissions import BaseSSEPermission
+from .registry import Connection, current_process, registry
+
+__all__ = ["DASHBOARD_STREAM", "POLL_INTERVAL", "WINDOW", "admin_urls"]
+
+#: The feed's own stream name (left out of what the dashboard shows).
+DASHBOARD_STREAM = "django_flosse.dashboard"
+#: Seconds between two reads of the connection table: changes in other processes reach
+#: the page within FLUSH_INTERVAL + POLL_INTERVAL.
+POLL_INTERVAL = 0.5
+#: Local changes wake the feed at once, but a burst of them makes at most one poll per gap.
+MIN_POLL_GAP = 0.1
+#: Seconds covered by the chart and by the cards' opened / cancelled / errors counts.
+WINDOW = 600
+#: Points of the chart's history sent with the snapshot (one every WINDOW / POINTS s).
+HISTORY_POINTS = 60
+#: Seconds after which the base of the rate computation moves forward (see ``_Feed``).
+REBASE_EVERY = 60.0
+
+VIEW_PERMISSIONS = ("django_flosse.view_streamconnection", "django_flosse.change_streamconnection")
+TERMINATE_PERMISSION = "django_flosse.terminate_streamconnection"
+#: Connection ids accepted by terminate (``uuid4().hex``, but any short token is fine).
+_CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+MAX_TERMINATE = 1000
+
+
+def _can_view(user: Any) -> bool:
+    """Staff with the model's view permission (change implies view, as in the admin)."""
+    return bool(
+        user is not None
+        and user.is_active
+        and user.is_staff
+        and any(user.has_perm(perm) for perm in VIEW_PERMISSIONS)
+    )
+
+
+class _CanViewConnections(BaseSSEPermission):
+    """Second line of defence: the stream view checks again if routed without the wrapper."""
+
+    async def has_permission(self, request: HttpRequest) -> bool:
+        return await sync_to_async(_can_view)(getattr(request, "user", None))
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if timezone.is_naive(value):  # USE_TZ = False: the column holds TIME_ZONE's wall time
+        value = timezone.make_aware(value)
+    return round(value.timestamp(), 3)
+
+
+def _aware(epoch: float) -> datetime:
+    """``epoch`` as the column wants it (naive local time when ``USE_TZ`` is off)."""
+    moment = datetime.fromtimestamp(epoch, tz=dt_timezone.utc)
+    return moment if settings.USE_TZ else timezone.make_naive(moment)
+
+
+# --------------------------------------------------------------------------- local watcher
+class _LocalWatcher:
+    """Registry observer: wakes this process's feeds and counts local opens and closes.
+
+    The counts (per second, for the last :data:`WINDOW`) stand in for this process's rows
+    from ``since`` on, which the database may not have yet; older rows come from SQL.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._buckets: deque[tuple[int, Counter[tuple[str, str]]]] = deque()
+        self.since = time.time()
+
+    def ensure_subscribed(self) -> None:
+        # registry.reset() (tests) forgets observers: start counting afresh if it did.
+        if self not in registry.observers():
+            with self._lock:
+                self._buckets.clear()
+                self.since = time.time()
+            registry.subscribe(self)
+
+    def listen(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> int:
+        with self._lock:
+            token = id(event)
+            self._listeners[token] = (loop, event)
+        return token
+
+    def unlisten(self, token: int) -> None:
+        with self._lock:
+            self._listeners.pop(token, None)
+
+    def counts(self, start: float) -> dict[str, Counter[str]]:
+        """Local opens (``"opened"``) and closes (by reason) per stream since ``start``."""
+        result: dict[str, Counter[str]] = {}
+        with self._lock:
+            buckets = [counter for second, counter in self._buckets if second >= start]
+        for counter in buckets:
+            for (stream, kind), n in counter.items():
+                result.setdefault(stream, Counter())[kind] += n
+        return result
+
+    def _record(self, stream: str, kind: str) -> None:
+        if stream == DASHBOARD_STREAM:
+            return
+        now = int(time.time())
+        with self._lock:
+            if not self._buckets or self._buckets[-1][0] != now:
+                self._buckets.append((now, Counter()))
+            self._buckets[-1][1][stream, kind] += 1
+            while self._buckets and self._buckets[0][0] < now - WINDOW - 1:
+                self._buckets.popleft()
+            listeners = list(self._listeners.values())
+        for loop, event in listeners:
+            with contextlib.suppress(RuntimeError):  # that feed's loop has just closed
+                loop.call_soon_threadsafe(event.set)
+
+    # Observer protocol: called on streaming threads and loops, so only counts and wakes.
+    def connection_opened(self, connection: Connection) -> None:
+        self._record(connection.stream, "opened")
+
+    def connection_closed(self, connection: Connection) -> None:
+        self._record(connection.stream, connection.close_reason or reasons.COMPLETED)
+
+    def connection_rejected(self, stream: str, reason: str) -> None:
+        pass
+
+
+_watcher = _LocalWatcher()
+
+
+# --------------------------------------------------------------------------- the feed's state
+_ROW_FIELDS = (
+    "connection_id", "stream", "username", "client_ip", "process", "opened_at",
+    "events_sent", "bytes_sent", "last_event_at",
+)  # fmt: skip
+
+
+def _row(values: tuple[Any, ...]) -> dict[str, Any]:
+    cid, stream, user, ip, process, opened, events, sent, last = values
+    return {
+        "id": cid, "stream": stream, "user": user, "ip": ip, "process": process,
+        "opened": _epoch(opened), "events": events, "bytes": sent, "last": _epoch(last),
+    }  # fmt: skip
+
+
+def _local_row(c: Connection) -> dict[str, Any]:
+    last = None if c.last_event_at is None else round(c.last_event_at, 3)
+    return {
+        "id": c.id, "stream": c.stream, "user": c.username, "ip": c.client_ip,
+        "process": c.process, "opened": round(c.opened_at, 3), "events": c.events_sent,
+        "bytes": c.bytes_sent, "last": last,
+    }  # fmt: skip
+
+
+class _Feed:
+    """What one dashboard connection has sent, to send only what changed.
+
+    Rates are deltas of per-stream running totals: this process's registry totals plus the
+    events and bytes of other processes' rows that are open or closed since ``_base``. A
+    row that closes stays in that sum, so closing never looks like negative traffic.
+    ``_base`` moves forward every :data:`REBASE_EVERY` seconds (that poll keeps the previous
+    rates) so the rows summed stay few.
+    """
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.me = current_process()
+        self._margin = max(10.0, 5 * get_config().flush_interval)  # late flushes of closes
+        self._base = time.time() - self._margin
+        self._rebased = time.time()
+        self._prev: tuple[float, dict[str, tuple[int, int]]] | None = None
+        self._rates: dict[str, tuple[float, int]] = {}
+        self._cards: list[dict[str, Any]] = []
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._total = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        cards, rows, total = self._collect(now)
+        self._cards, self._rows, self._total = cards, {r["id"]: r for r in rows}, total
+        return {
+            "t": round(now, 3),
+            "window": WINDOW,
+            "poll": POLL_INTERVAL,
+            "top": self.top,
+            "total": total,
+            "cards": cards,
+            "rows": rows,
+            "history": self._history(now),
+        }
+
+    def poll(self) -> dict[str, Any] | None:
+        """The changes since the last frame, or ``None`` when nothing changed."""
+        now = time.time()
+        cards, rows, total = self._collect(now)
+        new = {r["id"]: r for r in rows}
+        upsert = [r for cid, r in new.items() if self._rows.get(cid) != r]
+        remove = [cid for cid in self._rows if cid not in new]
+        if cards == self._cards and total == self._total and not upsert and not remove:
+            return None
+        self._cards, self._rows, self._total = cards, new, total
+        return {"t": round(now, 3), "total": total, "cards": cards, "upsert": upsert,
+                "remove": remove}  # fmt: skip
+
+    def _collect(self, now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+        from .models import StreamConnection
+
+        rebase = now - self._rebased >= REBASE_EVERY
+        if rebase:
+            self._base, self._rebased = now - self._margin, now
+        start, since = now - WINDOW, _watcher.since
+        # Other processes from the table; this one from its registry and watcher (whose
+        # counts begin at ``since``: older rows of this process are counted from SQL).
+        remote = ~Q(process=self.me)
+        summed = remote & (Q(closed_at__isnull=True) | Q(closed_at__gte=_aware(self._base)))
+        closed = Q(closed_at__gte=_aware(start)) & (remote | Q(closed_at__lt=_aware(since)))
+        table = StreamConnection.objects.exclude(stream=DASHBOARD_STREAM)
+        aggregates = (
+            table.filter(
+                Q(closed_at__isnull=True) | Q(closed_at__gte=_aware(min(start, self._base)))
+            )
+            .values("stream")
+            .annotate(
+                active=Count("pk", filter=Q(closed_at__isnull=True) & remote),
+                events=Sum("events_sent", filter=summed, default=0),
+                sent=Sum("bytes_sent", filter=summed, default=0),
+                opened=Count(
+                    "pk",
+                    filter=Q(opened_at__gte=_aware(start))
+                    & (remote | Q(opened_at__lt=_aware(since))),
+                ),
+                cancelled=Count("pk", filter=closed & Q(close_reason=reasons.CANCELLED)),
+                errors=Count("pk", filter=closed & Q(close_reason=reasons.ERROR)),
+            )
+            .order_by()
+        )
+        top = list(
+            table.filter(closed_at__isnull=True)
+            .exclude(process=self.me)
+            .order_by("-opened_at")
+            .values_list(*_ROW_FIELDS)[: self.top]
+        )
+        totals = {n: t for n, t in registry.totals().items() if n != DASHBOARD_STREAM}
+        local = [c for c in registry.live() if c.stream != DASHBOARD_STREAM]
+        local_counts = _watcher.counts(start)
+
+        streams: dict[str, dict[str, int]] = {}
+        for agg in aggregates:
+            streams[agg["stream"]] = {k: int(v) for k, v in agg.items() if k != "stream"}
+        zero = dict.fromkeys(("active", "events", "sent", "opened", "cancelled", "errors"), 0)
+        for name, t in totals.items():
+            counts = local_counts.get(name, Counter())
+            if not (t.active or counts or name in streams):
+                continue
+            s = streams.setdefault(name, dict(zero))
+            s["active"] += t.active
+            s["events"] += t.events_sent
+            s["sent"] += t.bytes_sent
+            s["opened"] += counts["opened"]
+            s["cancelled"] += counts[reasons.CANCELLED]
+            s["errors"] += counts[reasons.ERROR]
+
+        running = {name: (s["events"], s["sent"]) for name, s in streams.items()}
+        if self._prev is not None and not rebase and now > self._prev[0]:
+            elapsed, before = now - self._prev[0], self._prev[1]
+            for name, (events, sent) in running.items():
+                e0, b0 = before.get(name, (events, sent))
+                self._rates[name] = (
+                    round(max(0, events - e0) / elapsed, 1),
+                    round(max(0, sent - b0) / elapsed),
+                )
+        self._prev = (now, running)
+
+        cards = []
+        for name in sorted(streams):
+            s = streams[name]
+            eps, bps = self._rates.get(name, (0.0, 0))
+            cards.append({
+                "stream": name, "active": s["active"], "opened": s["opened"],
+                "cancelled": s["cancelled"], "errors": s["errors"], "eps": eps, "bps": bps,
+            })  # fmt: skip
+        rows = [_row(values) for values in top] + [_local_row(c) for c in local]
+        rows.sort(key=lambda r: (r["opened"] or 0.0, r["id"]), reverse=True)
+        return cards, rows[: self.top], sum(s["active"] for s in streams.values())
+
+    def _history(self, now: float) -> list[list[float]]:
+        """Active connections over the last WINDOW, from the table (all processes)."""
+        from .models import StreamConnection
+
+        step = WINDOW / HISTORY_POINTS
+        times = [now - WINDOW + i * step for i in range(HISTORY_POINTS + 1)]
+        counts = {
+            f"p{i}": Count(
+                "pk",
+                filter=Q(opened_at__lte=_aware(t))
+                & (Q(closed_at__isnull=True) | Q(closed_at__gt=_aware(t))),
+            )
+            for i, t in enumerate(times)
+        }
+        result = (
+            StreamConnection.objects.exclude(stream=DASHBOARD_STREAM)
+            .filter(Q(closed_at__isnull=True) | Q(closed_at__gt=_aware(times[0])))
+            .aggregate(**counts)
+        )
+        return [[round(t, 3), result[f"p{i}"]] for i, t in enumerate(times)]
+
+
+@sse_stream(name=DASHBOARD_STREAM, permission_classes=[_CanViewConnections])
+async def _feed(request: HttpRequest) -> AsyncIterator[Any]:
+    """``snapshot`` once, then ``update`` whenever something changed."""
+    _watcher.ensure_subscribed()
+    feed = _Feed(get_config().dashboard_top)
+    # One thread of its own for the queries: off the event loop on every server, and its
+    # database connection is closed when the feed ends (below).
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flosse-dashboard")
+    wake = asyncio.Event()
+    token = _watcher.listen(asyncio.get_running_loop(), wake)
+
+    def run(method: Callable[[], dict[str, Any] | None]) -> Any:
+        return sync_to_async(method, thread_sensitive=False, executor=executor)()
+
+    try:
+        yield ("snapshot", await run(feed.snapshot))
+        last = time.monotonic()
+        while True:
+            timeout = last + POLL_INTERVAL - time.monotonic()
+            if timeout > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout)
+            await asyncio.sleep(max(0.0, last + MIN_POLL_GAP - time.monotonic()))
+            wake.clear()
+            last = time.monotonic()
+            update = await run(feed.poll)
+            if update is not None:
+                yield ("update", update)
+    finally:
+        _watcher.unlisten(token)
+        executor.submit(connections.close_all)  # runs before the thread exits
+        executor.shutdown(wait=False)
+
+
+# --------------------------------------------------------------------------- admin views
+def _messages() -> dict[str, str]:
+    """The script's words, translated here and handed over with ``json_script``."""
+    return {
+        "live": _("Live"),
+        "reconnecting": _("Connection lost, reconnecting…"),
+        "stopped": _("The server ended the live feed."),
+        "failed": _("The live feed is unavailable (signed out?). Retrying…"),
+        "showing": _("showing %(shown)s of %(total)s"),
+        "terminate": _("Terminate"),
+        "terminating": _("Terminating…"),
+        "confirm": _("Terminate this connection? Its client gets a final “terminated” event."),
+        "terminate_failed": _("Terminate failed (HTTP %(status)s)."),
+        "active": _("active"),
+        "opened": _("opened"),
+        "cancelled": _("cancelled"),
+        "errors": _("errors"),
+        "events_per_s": _("events/s"),
+        "bytes_per_s": _("bytes/s"),
+        "ago": _("%(time)s ago"),
+        "never": _("never"),
+    }
+
+
+def admin_urls(model_admin: Any) -> list[URLPattern]:
+    """The dashboard's URLs, for ``StreamConnectionAdmin.get_urls()`` to prepend.
+
+    Names (in the admin site's namespace): ``django_flosse_dashboard`` (the page),
+    ``django_flosse_dashboard_stream`` (its SSE feed) and ``django_flosse_dashboard_terminate``
+    (POST). ``admin_view`` sends anonymous users to the admin login, adds CSRF protection,
+    and marks the responses uncacheable.
+    """
+    site = model_admin.admin_site
+    opts = model_admin.model._meta
+
+    def page(request: HttpRequest) -> HttpResponse:
+        if not _can_view(request.user):
+            return HttpResponseForbidden()
+        request.current_app = site.name
+        context = {
+            **site.each_context(request),
+            "title": _("Live dashboard"),
+            "opts": opts,
+            "can_terminate": request.user.has_perm(TERMINATE_PERMISSION),
+            "window_minutes": WINDOW // 60,
+            "top": get_config().dashboard_top,
+            "messages_js": _messages(),
+        }
+        return TemplateResponse(request, "django_flosse/dashboard.html", context)
+
+    def feed(request: HttpRequest) -> HttpResponseBase:
+        # Checked before anything streams: the stream is never opened for them.
+        if not _can_view(request.user):
+            return HttpResponseForbidden()
+        # @sse_stream turned the async generator into a coroutine view returning a response.
+        stream_view = cast("Callable[[HttpRequest], Awaitable[HttpResponseBase]]", _feed)
+        return async_to_sync(stream_view)(request)
+
+    def terminate(request: HttpRequest) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not (_can_view(request.user) and request.user.has_perm(TERMINATE_PERMISSION)):
+            return HttpResponseForbidden()
+        ids = request.POST.getlist("connection_id")
+        if not ids or len(ids) > MAX_TERMINATE or not all(map(_CONNECTION_ID.fullmatch, ids)):
+            return HttpResponseBadRequest("connection_id: 1 to 1000 connection ids")
+        # Imported here: persistence starts threads and touches the database.
+        from .persistence import request_stop
+
+        stopped = request_stop(ids, reason=reasons.TERMINATED)
+        return JsonResponse({"requested": len(ids), "stopped": stopped})
+
+    return [
+        path("dashboard/", site.admin_view(page), name="django_flosse_dashboard"),
+        path("dashboard/stream/", site.admin_view(feed), name="django_flosse_dashboard_stream"),
+        path(
+            "dashboard/terminate/",
+            site.admin_view(terminate),
+            name="django_flosse_dashboard_terminate",
+        ),
+    ]

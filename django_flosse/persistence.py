@@ -1,0 +1,576 @@
+"""Connection history: each process writes its own rows in batches, off the hot path.
+
+Why it is built this way:
+
+- Streaming never waits on the database. The registry's open/close notifications only put
+  the connection in a dict (a lock held for a dict insert); an async view never runs an ORM
+  call on its event loop. One daemon thread per process does every query.
+- Writes are batched. The thread flushes at once after a quiet period (a lone connection
+  shows up in the admin within milliseconds) but never more often than ``FLUSH_INTERVAL``,
+  so 1,000 connections opening in one second cost one ``INSERT``, and refreshing 10,000 open
+  rows costs one ``UPDATE`` of ``last_seen_at`` plus one batched ``UPDATE`` of the rows
+  whose counters moved.
+- Nothing is lost to a database error. A failed flush is rolled back as a whole, logged,
+  and its work is put back to be retried by the next one. A row the database refuses for
+  good (a user deleted meanwhile, a value it rejects) is retried alone, then without its
+  user, and only then dropped with an error log: one bad row never blocks the others.
+- Processes see each other through the table. Each flush polls the open rows of this
+  process for ``stop_requested`` (set by :func:`request_stop` in any process or host) and
+  stops those streams; and it closes as ``lost`` the open rows of other processes that have
+  not been refreshed for ``LOST_AFTER`` seconds (their ``closed_at`` is when they were last
+  seen alive). A process that was only slow and comes back writes its true close reason
+  over ``lost`` when its connections end.
+- A process identity (``host:pid``) can come back: a restarted container is often pid 1 on
+  the same host name. The first flush of a writer closes as ``lost`` the open rows carrying
+  its own identity, which no live process can own.
+- After ``fork()`` (gunicorn workers, multiprocessing) the child starts clean with its own
+  thread; what was pending belongs to the parent, which writes it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any, cast
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DataError, IntegrityError, close_old_connections, router, transaction
+from django.db.models import F, ForeignKey
+from django.utils import timezone
+
+from . import reasons
+from .conf import get_config
+from .log import get_logger
+from .models import StreamConnection
+from .registry import Connection, Registry, current_process, registry
+
+__all__ = ["PersistenceWriter", "close_lost", "request_stop", "writer"]
+
+#: Log events of the writer (stable names, like those in ``log.py``).
+PERSISTENCE_ERROR = "sse.persistence.error"
+PERSISTENCE_RECOVERED = "sse.persistence.recovered"
+PERSISTENCE_DROPPED = "sse.persistence.dropped"
+CONNECTIONS_LOST = "sse.connection.lost"
+
+#: Rows per INSERT/UPDATE statement (well under SQLite's variable limit).
+BATCH_SIZE = 500
+#: Connections kept waiting for their first insert while the database is down; beyond it
+#: the oldest are dropped (with a log line) rather than growing without bound.
+MAX_PENDING = 100_000
+#: While flushes keep failing, the error is logged again at most this often (seconds).
+ERROR_LOG_INTERVAL = 60.0
+#: Seconds the exit handler waits for a last flush of closed connections.
+EXIT_FLUSH_TIMEOUT = 3.0
+
+_COUNTER_FIELDS = ["events_sent", "bytes_sent", "last_event_at"]
+_CLOSE_FIELDS = [*_COUNTER_FIELDS, "closed_at", "close_reason", "error_id", "last_seen_at"]
+
+
+def _datetime(timestamp: float) -> datetime:
+    moment = datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
+    return moment if settings.USE_TZ else timezone.make_naive(moment)
+
+
+def _text(value: str | None, max_length: int) -> str:
+    # PostgreSQL refuses NUL in text, and a value longer than the column in varchar.
+    return (value or "").replace("\x00", "")[:max_length]
+
+
+def _ip(value: str | None) -> str | None:
+    """A valid address (without an IPv6 zone) or None: a bad header must not block a batch."""
+    try:
+        return str(ipaddress.ip_address((value or "").split("%")[0]))
+    except ValueError:
+        return None
+
+
+def _user_field() -> ForeignKey[Any, Any]:
+    return cast("ForeignKey[Any, Any]", StreamConnection._meta.get_field("user"))
+
+
+def _user_pk(value: str | None) -> Any:
+    """The registry keeps ``str(user.pk)``; the column wants the key's own type."""
+    if value is None:
+        return None
+    try:
+        return _user_field().target_field.to_python(value)
+    except (ValidationError, TypeError, ValueError):
+        return None
+
+
+def _row(connection: Connection, now: datetime) -> StreamConnection:
+    """The row of ``connection`` as it is now (closed already, or still open)."""
+    closed_at = connection.closed_at  # read first: a reason is set before closed_at is
+    last_event_at = connection.last_event_at
+    return StreamConnection(
+        connection_id=_text(connection.id, 32),
+        stream=_text(connection.stream, 200),
+        path=_text(connection.path, 500),
+        route=_text(connection.route, 500),
+        user_id=_user_pk(connection.user_id),
+        username=_text(connection.username, 150),
+        client_ip=_ip(connection.client_ip),
+        user_agent=_text(connection.user_agent, 512),
+        process=_text(connection.process or current_process(), 255),
+        opened_at=_datetime(connection.opened_at),
+        closed_at=None if closed_at is None else _datetime(closed_at),
+        last_seen_at=now if closed_at is None else _datetime(closed_at),
+        events_sent=connection.events_sent,
+        bytes_sent=connection.bytes_sent,
+        last_event_at=None if last_event_at is None else _datetime(last_event_at),
+        close_reason=(connection.close_reason or "") if closed_at is not None else "",
+        last_event_id=_text(connection.last_event_id, 512),
+        error_id=_text(connection.error_id, 16),
+    )
+
+
+@dataclass
+class _Open:
+    """An open connection whose row exists, with the counters last written to it."""
+
+    connection: Connection
+    pk: Any
+    written: tuple[int, int, float | None]
+
+
+class PersistenceWriter:
+    """Registry observer that keeps this process's rows of :class:`StreamConnection`.
+
+    Subscribed by ``AppConfig.ready()``. Tests drive it with :meth:`flush`, :meth:`paused`
+    and :meth:`reset`.
+    """
+
+    def __init__(self, registry: Registry = registry) -> None:
+        self._registry = registry
+        self._init_state()
+        _WRITERS.add(self)
+
+    def _init_state(self) -> None:
+        # Also the after-fork reset: a lock held by a thread of the parent would never be
+        # released in the child, so every lock and event is new.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # the dicts below and _thread
+        self._flushing = threading.Lock()  # one flush at a time (thread or flush())
+        self._pending: dict[str, Connection] = {}  # opened, no row yet
+        self._finished: dict[str, Connection] = {}  # closed, row not closed yet
+        self._open: dict[str, _Open] = {}
+        # Every connection this writer owes a closed row, from its open notification until
+        # that row is written: a close that arrives while its insert is in flight (neither
+        # pending nor open) must not be dropped, or the row would stay open for ever.
+        self._tracked: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._paused = False
+        self._claimed = False
+        self._last_flush = 0.0
+        self._last_lost_check = 0.0
+        self._failing_since: float | None = None
+        self._last_error_log = 0.0
+        self._dropped = 0
+
+    # -- registry notifications (streaming path: no I/O) -----------------------------------
+    def connection_opened(self, connection: Connection) -> None:
+        if not get_config().persistence:
+            return
+        if self._pid != os.getpid():
+            self._init_state()
+        with self._lock:
+            if len(self._pending) >= MAX_PENDING:
+                oldest = next(iter(self._pending))
+                del self._pending[oldest]
+                self._tracked.discard(oldest)
+                self._dropped += 1
+            self._pending[connection.id] = connection
+            self._tracked.add(connection.id)
+            self._ensure_thread()
+        self._wake.set()
+
+    def connection_closed(self, connection: Connection) -> None:
+        with self._lock:
+            if connection.id not in self._tracked:
+                return  # opened while persistence was off, or dropped
+            self._finished[connection.id] = connection
+            self._ensure_thread()
+        self._wake.set()
+
+    def connection_rejected(self, stream: str, reason: str) -> None:
+        """Rejected requests never became connections: no row (metrics count them)."""
+
+    # -- control -----------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write what is pending, then act on stop requests and lost rows (synchronous)."""
+        if self._pid != os.getpid():
+            self._init_state()
+        with self._flushing:
+            self._last_flush = time.monotonic()
+            if not self._write():
+                return
+            self._poll_stop_requests()
+            config = get_config()
+            if time.monotonic() - self._last_lost_check >= min(
+                config.lost_after / 4, max(config.flush_interval, 5.0)
+            ):
+                self._last_lost_check = time.monotonic()
+                with contextlib.suppress(Exception):  # logged inside; retried next time
+                    close_lost()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Keep the thread from flushing (tests prove the streaming path makes no query)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    def reset(self) -> None:
+        """Forget pending work and stop the thread (tests)."""
+        self.close()
+        with self._lock:
+            self._pending.clear()
+            self._finished.clear()
+            self._open.clear()
+            self._tracked.clear()
+            self._claimed = False
+            self._last_lost_check = 0.0
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread (it is started again by the next connection)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+            self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- the thread ----------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            if not _EXIT_HOOK:
+                _EXIT_HOOK.append(atexit.register(_flush_at_exit))
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stop,), name="flosse-persistence", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            interval = get_config().flush_interval
+            # Flush on the first change after a quiet period, and at least every interval
+            # (to refresh open rows), but never twice within one interval.
+            self._wake.wait(interval)
+            delay = self._last_flush + interval - time.monotonic()
+            if stop.is_set() or (delay > 0 and stop.wait(delay)):
+                return
+            self._wake.clear()
+            if not self._paused:
+                try:
+                    self.flush()
+                except Exception:  # never let the thread die; flush logs its own errors
+                    get_logger().exception(PERSISTENCE_ERROR, during="flush")
+                finally:
+                    _release_connections()
+            with self._lock:
+                if not (self._pending or self._finished or self._open or self._paused):
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return  # started again by the next connection
+
+    # -- one flush -----------------------------------------------------------------------
+    def _write(self) -> bool:
+        """Insert new rows, close finished ones, refresh open ones: all or nothing."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            finished, self._finished = self._finished, {}
+            known = dict(self._open)
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            get_logger().error(PERSISTENCE_DROPPED, connections=dropped, limit=MAX_PENDING)
+        if not (pending or finished or known or not self._claimed):
+            return True
+        now = timezone.now()
+        me = current_process()
+        try:
+            with transaction.atomic(using=_db()):
+                if not self._claimed:  # nothing of ours is written yet: none are ours
+                    _objects().filter(process=me, closed_at__isnull=True).update(
+                        closed_at=F("last_seen_at"), close_reason=reasons.LOST
+                    )
+                inserted = self._insert(pending, now)
+                self._close(finished, known, inserted)
+                moved = self._refresh(known, finished, me, now)
+        except Exception as exc:
+            with self._lock:
+                self._pending = {**pending, **self._pending}
+                self._finished = {**finished, **self._finished}
+            self._log_failure(exc)
+            return False
+        with self._lock:
+            self._claimed = True
+            for connection_id in finished:
+                self._open.pop(connection_id, None)
+                self._tracked.discard(connection_id)
+            self._open.update(moved)
+            self._open.update(
+                (c.id, _Open(c, pk, (c.events_sent, c.bytes_sent, c.last_event_at)))
+                for c, pk, was_closed in inserted
+                if not was_closed and c.id not in finished
+            )
+        if self._failing_since is not None:
+            get_logger().info(
+                PERSISTENCE_RECOVERED, after=round(time.monotonic() - self._failing_since, 1)
+            )
+            self._failing_since = None
+        return True
+
+    def _insert(
+        self, pending: dict[str, Connection], now: datetime
+    ) -> list[tuple[Connection, Any, bool]]:
+        """Insert the rows; returns (connection, pk, row written closed) per connection."""
+        rows = [(c, _row(c, now)) for c in pending.values()]
+        objs = [obj for _, obj in rows]
+        _forget_deleted_users(objs)
+        try:
+            with transaction.atomic(using=_db()):
+                _objects().bulk_create(objs, batch_size=BATCH_SIZE)
+        except (IntegrityError, DataError):
+            for obj in objs:
+                obj.pk = None
+                self._insert_one(obj)
+        missing = [obj.connection_id for obj in objs if obj.pk is None]
+        pks = _pks(missing)  # backends that return no ids, and rows inserted by a lost commit
+        result = []
+        for connection, obj in rows:
+            pk = obj.pk if obj.pk is not None else pks.get(obj.connection_id)
+            if pk is not None:
+                result.append((connection, pk, obj.closed_at is not None))
+        return result
+
+    @staticmethod
+    def _insert_one(obj: StreamConnection) -> None:
+        for attempt in range(2):
+            try:
+                with transaction.atomic(using=_db()):
+                    obj.save(force_insert=True, using=_db())
+                return
+            except (IntegrityError, DataError) as exc:
+                obj.pk = None
+                if attempt == 0 and obj.user_id is not None:
+                    obj.user_id = None  # the user was deleted meanwhile: keep the row
+                    continue
+                if _objects().filter(connection_id=obj.connection_id).exists():
+                    return  # already written (a commit whose answer was lost)
+                get_logger().error(
+                    PERSISTENCE_DROPPED, connection_id=obj.connection_id, error=repr(exc)
+                )
+                return
+
+    def _close(
+        self,
+        finished: dict[str, Connection],
+        known: dict[str, _Open],
+        inserted: list[tuple[Connection, Any, bool]],
+    ) -> None:
+        written_closed = {c.id for c, _, was_closed in inserted if was_closed}
+        pks = {cid: row.pk for cid, row in known.items()}
+        pks.update((c.id, pk) for c, pk, _ in inserted)
+        todo = [c for cid, c in finished.items() if cid not in written_closed]
+        pks.update(_pks([c.id for c in todo if c.id not in pks]))
+        objs = []
+        for connection in todo:
+            pk = pks.get(connection.id)
+            if pk is None:
+                continue  # its insert was dropped
+            obj = _row(connection, timezone.now())
+            obj.pk = pk
+            objs.append(obj)
+        if objs:
+            _objects().bulk_update(objs, _CLOSE_FIELDS, batch_size=BATCH_SIZE)
+
+    @staticmethod
+    def _refresh(
+        known: dict[str, _Open], finished: dict[str, Connection], me: str, now: datetime
+    ) -> dict[str, _Open]:
+        """Write moved counters; mark every open row of this process as seen now."""
+        moved: dict[str, _Open] = {}
+        objs = []
+        for connection_id, row in known.items():
+            c = row.connection
+            counters = (c.events_sent, c.bytes_sent, c.last_event_at)
+            if connection_id in finished or counters == row.written:
+                continue
+            moved[connection_id] = _Open(c, row.pk, counters)
+            obj = StreamConnection(
+                pk=row.pk,
+                events_sent=counters[0],
+                bytes_sent=counters[1],
+                last_event_at=None if counters[2] is None else _datetime(counters[2]),
+            )
+            objs.append(obj)
+        if objs:
+            _objects().bulk_update(objs, _COUNTER_FIELDS, batch_size=BATCH_SIZE)
+        if any(connection_id not in finished for connection_id in known):
+            _objects().filter(process=me, closed_at__isnull=True).update(last_seen_at=now)
+        return moved
+
+    def _poll_stop_requests(self) -> None:
+        """Stop the streams of this process whose rows ask for it (any process may ask)."""
+        if not self._open:
+            return
+        try:
+            requested = list(
+                _objects()
+                .filter(process=current_process(), closed_at__isnull=True)
+                .exclude(stop_requested="")
+                .values_list("connection_id", "stop_requested")
+            )
+        except Exception as exc:
+            self._log_failure(exc)
+            return
+        for connection_id, reason in requested:
+            if reason not in reasons.CLOSE_REASONS:
+                reason = reasons.TERMINATED
+            self._registry.stop([connection_id], reason)
+
+    def _log_failure(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._last_error_log < ERROR_LOG_INTERVAL:
+            return
+        self._last_error_log = now
+        with self._lock:
+            waiting = len(self._pending) + len(self._finished)
+        get_logger().error(
+            PERSISTENCE_ERROR,
+            error=repr(exc),
+            waiting=waiting,
+            failing_for=round(now - self._failing_since, 1),
+            exc_info=exc,
+        )
+
+
+def _release_connections() -> None:
+    """Close this thread's connection after a flush, unless ``CONN_MAX_AGE`` keeps it."""
+    try:
+        close_old_connections()
+    except Exception:  # a broken connection is dropped here, reopened next flush
+        get_logger().warning(PERSISTENCE_ERROR, during="closing the connection", exc_info=True)
+
+
+def _db() -> str:
+    return router.db_for_write(StreamConnection)
+
+
+def _objects() -> Any:
+    return StreamConnection.objects.using(_db())
+
+
+def _forget_deleted_users(objs: list[StreamConnection]) -> None:
+    """Drop references to users deleted since they connected.
+
+    Foreign keys are checked at commit (Django makes them deferred), where one bad row would
+    fail the whole batch again and again; checking first costs one query per flush.
+    """
+    user_ids = {obj.user_id for obj in objs if obj.user_id is not None}
+    if not user_ids:
+        return
+    user_model = _user_field().related_model
+    manager = user_model._default_manager.using(router.db_for_read(user_model))
+    existing = set(manager.filter(pk__in=user_ids).values_list("pk", flat=True))
+    for obj in objs:
+        if obj.user_id is not None and obj.user_id not in existing:
+            obj.user_id = None
+
+
+def _pks(connection_ids: list[str]) -> dict[str, Any]:
+    pks: dict[str, Any] = {}
+    for start in range(0, len(connection_ids), BATCH_SIZE):
+        batch = connection_ids[start : start + BATCH_SIZE]
+        pks.update(_objects().filter(connection_id__in=batch).values_list("connection_id", "pk"))
+    return pks
+
+
+def close_lost() -> int:
+    """Close as ``lost`` the open rows of other processes not refreshed for ``LOST_AFTER``.
+
+    Run by every writer as it flushes; the admin calls it too, so the history is right even
+    when no process of the deployment is streaming. Returns how many rows it closed.
+    """
+    cutoff = timezone.now() - timedelta(seconds=get_config().lost_after)
+    stale = _objects().filter(closed_at__isnull=True, last_seen_at__lt=cutoff)
+    stale = stale.exclude(process=current_process())
+    try:
+        count: int = stale.update(closed_at=F("last_seen_at"), close_reason=reasons.LOST)
+    except Exception:
+        get_logger().exception(PERSISTENCE_ERROR, during="close_lost")
+        raise
+    if count:
+        get_logger().warning(CONNECTIONS_LOST, connections=count)
+    return count
+
+
+def request_stop(connection_ids: Iterable[str], reason: str = reasons.TERMINATED) -> int:
+    """Ask connections to end with ``reason``, wherever they run; returns how many were open.
+
+    Live connections of this process stop at once. For the others, the request is written
+    to their rows (``stop_requested``): the owning process, on any host, polls it at its
+    next flush and ends them within ``FLUSH_INTERVAL``. Blocking (database): async code calls
+    it through ``sync_to_async``. A database error propagates after the local stops.
+    """
+    if reason not in reasons.CLOSE_REASONS:
+        raise ValueError(
+            f"unknown close reason {reason!r}; expected one of {reasons.CLOSE_REASONS}"
+        )
+    ids = list(dict.fromkeys(connection_ids))
+    asked = set()
+    for connection_id in ids:
+        connection = registry.get(connection_id)
+        if connection is not None and connection.request_stop(reason):
+            asked.add(connection_id)
+    for start in range(0, len(ids), BATCH_SIZE):
+        rows = _objects().filter(
+            connection_id__in=ids[start : start + BATCH_SIZE], closed_at__isnull=True
+        )
+        asked.update(rows.values_list("connection_id", flat=True))
+        rows.update(stop_requested=reason)
+    return len(asked)
+
+
+# -- one writer per process ------------------------------------------------------------
+
+_WRITERS: weakref.WeakSet[PersistenceWriter] = weakref.WeakSet()
+_EXIT_HOOK: list[Any] = []
+
+#: The writer of this process (subscribed to the registry by ``AppConfig.ready()``).
+writer = PersistenceWriter()
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_WRITERS):
+        instance._init_state()
+
+
+def _flush_at_exit() -> None:
+    """Write the close of connections that ended during shutdown, but never hang the exit."""
+    if os.getpid() != writer._pid or not (writer._pending or writer._finished):
+        return
+    thread = threading.Thread(target=writer.flush, name="flosse-persistence-exit", daemon=True)
+    thread.start()
+    thread.join(EXIT_FLUSH_TIMEOUT)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,417 @@
+/*
+ * django-flosse live dashboard.
+ *
+ * Fed by the page's own SSE stream (data-stream-url): one "snapshot" event on connect, then
+ * "update" events carrying what changed (cards, total, rows to upsert and to remove). The
+ * chart is drawn here on a <canvas>: no library, no CDN, the admin works offline.
+ *
+ * EventSource reconnects by itself after a network error; when the browser gives up (an
+ * HTTP error such as 403, or a redirect to the login page after the session expired) we
+ * retry with a growing delay. A "terminated" event means an administrator ended this feed
+ * on purpose: we stop, rather than reconnect against their will.
+ */
+(function () {
+    "use strict";
+
+    const root = document.getElementById("flosse-dashboard");
+    if (!root) {
+        return;
+    }
+    const T = JSON.parse(document.getElementById("flosse-i18n").textContent);
+    const streamUrl = root.dataset.streamUrl;
+    const terminateUrl = root.dataset.terminateUrl || "";
+    const windowMs = Number(root.dataset.window || 10) * 60 * 1000;
+
+    const statusEl = root.querySelector("[data-flosse-status]");
+    const cardsEl = root.querySelector("[data-flosse-cards]");
+    const totalEl = root.querySelector("[data-flosse-total]");
+    const showingEl = root.querySelector("[data-flosse-showing]");
+    const tbody = root.querySelector("[data-flosse-rows]");
+    const noRowsEl = root.querySelector("[data-flosse-no-rows]");
+    const canvas = root.querySelector("[data-flosse-chart]");
+    const csrfForm = root.querySelector("[data-flosse-csrf]");
+
+    const rows = new Map(); // connection id -> {data, tr, cells}
+    let points = []; // [server time in ms, active connections]
+    let total = 0;
+    let offset = 0; // server clock - browser clock, in ms
+    let source = null;
+    let retryDelay = 2000;
+    let retryTimer = null;
+
+    // ------------------------------------------------------------------ formatting
+    function fmt(template, values) {
+        return template.replace(/%\((\w+)\)s/g, (_, key) => String(values[key]));
+    }
+
+    function number(n) {
+        return Number(n).toLocaleString();
+    }
+
+    function bytes(n) {
+        const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let value = Number(n);
+        let unit = 0;
+        while (value >= 1024 && unit < units.length - 1) {
+            value /= 1024;
+            unit += 1;
+        }
+        return (unit === 0 ? value : value.toFixed(value < 10 ? 1 : 0)) + "\u00a0" + units[unit];
+    }
+
+    function rate(n) {
+        return n >= 10 || n === 0 ? number(Math.round(n)) : Number(n).toFixed(1);
+    }
+
+    function duration(seconds) {
+        const s = Math.max(0, Math.floor(seconds));
+        const h = Math.floor(s / 3600);
+        const m = Math.floor((s % 3600) / 60);
+        const rest = s % 60;
+        if (h) {
+            return h + "h\u00a0" + String(m).padStart(2, "0") + "m";
+        }
+        if (m) {
+            return m + "m\u00a0" + String(rest).padStart(2, "0") + "s";
+        }
+        return rest + "s";
+    }
+
+    function clock(ms) {
+        return new Date(ms).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: "2-digit"});
+    }
+
+    function serverNow() {
+        return Date.now() + offset;
+    }
+
+    function setStatus(text, problem) {
+        statusEl.textContent = text;
+        statusEl.classList.toggle("flosse-live", !problem);
+        statusEl.classList.toggle("flosse-problem", Boolean(problem));
+    }
+
+    function el(tag, className, text) {
+        const node = document.createElement(tag);
+        if (className) {
+            node.className = className;
+        }
+        if (text !== undefined) {
+            node.textContent = text;
+        }
+        return node;
+    }
+
+    // ------------------------------------------------------------------ cards
+    function renderCards(cards) {
+        cardsEl.replaceChildren();
+        if (!cards.length) {
+            cardsEl.appendChild(el("p", "flosse-empty", cardsEl.dataset.empty || ""));
+            return;
+        }
+        for (const card of cards) {
+            const box = el("article", "flosse-card");
+            box.dataset.stream = card.stream;
+            const name = el("h3", "flosse-card-name", card.stream);
+            name.title = card.stream;
+            box.appendChild(name);
+            const active = el("div", "flosse-card-active", number(card.active));
+            active.dataset.flosseActive = "";
+            active.appendChild(el("small", "", T.active));
+            box.appendChild(active);
+            const stats = el("dl", "flosse-card-stats");
+            const entries = [
+                ["opened", number(card.opened), false],
+                ["cancelled", number(card.cancelled), false],
+                ["errors", number(card.errors), card.errors > 0],
+                ["events_per_s", rate(card.eps), false],
+                ["bytes_per_s", bytes(card.bps), false],
+            ];
+            for (const [key, value, bad] of entries) {
+                const item = el("div");
+                item.dataset.stat = key;
+                item.appendChild(el("dt", "", T[key]));
+                item.appendChild(el("dd", bad ? "flosse-bad" : "", value));
+                stats.appendChild(item);
+            }
+            box.appendChild(stats);
+            cardsEl.appendChild(box);
+        }
+    }
+
+    // ------------------------------------------------------------------ table
+    function upsertRow(data, fresh) {
+        let row = rows.get(data.id);
+        if (!row) {
+            const tr = el("tr");
+            tr.dataset.connectionId = data.id;
+            const names = ["stream", "user", "ip", "process", "opened", "duration", "events", "bytes", "last"];
+            const cells = {};
+            for (const name of names) {
+                const td = el("td");
+                if (name === "duration" || name === "events" || name === "bytes") {
+                    td.className = "flosse-num";
+                } else if (name === "stream" || name === "process" || name === "ip") {
+                    td.className = "flosse-mono";
+                }
+                cells[name] = td;
+                tr.appendChild(td);
+            }
+            if (terminateUrl) {
+                const td = el("td");
+                const button = el("button", "flosse-terminate", T.terminate);
+                button.type = "button";
+                button.addEventListener("click", () => terminate(data.id, button));
+                td.appendChild(button);
+                tr.appendChild(td);
+            }
+            if (fresh) {
+                tr.classList.add("flosse-new");
+                setTimeout(() => tr.classList.remove("flosse-new"), 50);
+            }
+            row = {tr, cells};
+            rows.set(data.id, row);
+        }
+        row.data = data;
+        const c = row.cells;
+        c.stream.textContent = data.stream;
+        c.user.textContent = data.user || "–";
+        c.ip.textContent = data.ip || "–";
+        c.process.textContent = data.process;
+        c.opened.textContent = clock(data.opened * 1000);
+        c.events.textContent = number(data.events);
+        c.bytes.textContent = bytes(data.bytes);
+        refreshTimes(row);
+    }
+
+    function refreshTimes(row) {
+        const now = serverNow();
+        row.cells.duration.textContent = duration(now / 1000 - row.data.opened);
+        row.cells.last.textContent = row.data.last
+            ? fmt(T.ago, {time: duration(now / 1000 - row.data.last)})
+            : T.never;
+    }
+
+    function renderRows() {
+        const ordered = Array.from(rows.values()).sort(
+            (a, b) => b.data.opened - a.data.opened || (a.data.id < b.data.id ? 1 : -1)
+        );
+        for (const row of ordered) {
+            tbody.appendChild(row.tr); // moves existing rows into order
+        }
+        noRowsEl.hidden = ordered.length > 0;
+        showingEl.textContent = fmt(T.showing, {shown: number(ordered.length), total: number(total)});
+        totalEl.textContent = number(total);
+    }
+
+    async function terminate(id, button) {
+        if (!window.confirm(T.confirm)) {
+            return;
+        }
+        button.disabled = true;
+        button.textContent = T.terminating;
+        const body = csrfForm ? new FormData(csrfForm) : new FormData();
+        body.append("connection_id", id);
+        const token = body.get("csrfmiddlewaretoken") || "";
+        try {
+            const response = await fetch(terminateUrl, {
+                method: "POST",
+                body,
+                headers: {"X-CSRFToken": token},
+                credentials: "same-origin",
+            });
+            if (!response.ok) {
+                throw new Error(fmt(T.terminate_failed, {status: response.status}));
+            }
+            // The row goes when the feed reports the connection closed.
+        } catch (error) {
+            button.disabled = false;
+            button.textContent = T.terminate;
+            setStatus(error.message, true);
+        }
+    }
+
+    // ------------------------------------------------------------------ chart
+    function niceCeiling(value) {
+        if (value <= 1) {
+            return 1;
+        }
+        const magnitude = Math.pow(10, Math.floor(Math.log10(value)));
+        for (const step of [1, 2, 2.5, 5, 10]) {
+            if (step * magnitude >= value) {
+                return step * magnitude;
+            }
+        }
+        return 10 * magnitude;
+    }
+
+    function addPoint(ms, value) {
+        points.push([ms, value]);
+        const start = serverNow() - windowMs;
+        // Keep one point before the window, so the line starts at its left edge.
+        while (points.length > 2 && points[1][0] < start) {
+            points.shift();
+        }
+    }
+
+    function drawChart() {
+        const rect = canvas.getBoundingClientRect();
+        if (!rect.width || !rect.height) {
+            return;
+        }
+        const ratio = window.devicePixelRatio || 1;
+        canvas.width = Math.round(rect.width * ratio);
+        canvas.height = Math.round(rect.height * ratio);
+        const ctx = canvas.getContext("2d");
+        ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+        const style = getComputedStyle(root);
+        const line = style.getPropertyValue("--link-fg").trim() || "#417893";
+        const grid = style.getPropertyValue("--hairline-color").trim() || "#e8e8e8";
+        const text = style.getPropertyValue("--body-quiet-color").trim() || "#666";
+        const font = style.getPropertyValue("--font-family-primary").trim() || "sans-serif";
+
+        const left = 44;
+        const bottom = 20;
+        const width = rect.width - left - 8;
+        const height = rect.height - bottom - 8;
+        const end = serverNow();
+        const start = end - windowMs;
+        const visible = points.filter((p) => p[0] >= start);
+        const max = niceCeiling(Math.max(1, total, ...visible.map((p) => p[1])));
+        const x = (ms) => left + ((Math.max(ms, start) - start) / windowMs) * width;
+        const y = (value) => 8 + height - (value / max) * height;
+
+        ctx.clearRect(0, 0, rect.width, rect.height);
+        ctx.font = "11px " + font;
+        ctx.lineWidth = 1;
+        ctx.strokeStyle = grid;
+        ctx.fillStyle = text;
+        ctx.textAlign = "right";
+        ctx.textBaseline = "middle";
+        for (let i = 0; i <= 4; i++) {
+            const value = (max / 4) * i;
+            const yy = Math.round(y(value)) + 0.5;
+            ctx.beginPath();
+            ctx.moveTo(left, yy);
+            ctx.lineTo(left + width, yy);
+            ctx.stroke();
+            ctx.fillText(Number.isInteger(value) ? number(value) : value.toFixed(1), left - 6, yy);
+        }
+        ctx.textAlign = "center";
+        ctx.textBaseline = "top";
+        const stepMs = windowMs / 5;
+        for (let i = 0; i <= 5; i++) {
+            const ms = start + stepMs * i;
+            const label = new Date(ms).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+            ctx.fillText(label, Math.min(Math.max(x(ms), left + 14), left + width - 14), 8 + height + 5);
+        }
+
+        if (!points.length) {
+            return;
+        }
+        // Active connections is a step function: hold each value until the next point.
+        ctx.beginPath();
+        let previous = null;
+        for (const [ms, value] of points) {
+            if (previous === null) {
+                ctx.moveTo(x(ms), y(value));
+            } else {
+                ctx.lineTo(x(ms), y(previous));
+                ctx.lineTo(x(ms), y(value));
+            }
+            previous = value;
+        }
+        ctx.lineTo(x(end), y(previous));
+        ctx.strokeStyle = line;
+        ctx.lineWidth = 2;
+        ctx.stroke();
+        ctx.lineTo(x(end), y(0));
+        ctx.lineTo(x(points[0][0]), y(0));
+        ctx.closePath();
+        ctx.globalAlpha = 0.15;
+        ctx.fillStyle = line;
+        ctx.fill();
+        ctx.globalAlpha = 1;
+    }
+
+    // ------------------------------------------------------------------ the feed
+    function onSnapshot(snapshot) {
+        offset = snapshot.t * 1000 - Date.now();
+        total = snapshot.total;
+        rows.clear();
+        tbody.replaceChildren();
+        for (const data of snapshot.rows) {
+            upsertRow(data, false);
+        }
+        points = snapshot.history.map((p) => [p[0] * 1000, p[1]]);
+        addPoint(snapshot.t * 1000, total);
+        renderCards(snapshot.cards);
+        renderRows();
+        drawChart();
+        setStatus(T.live, false);
+    }
+
+    function onUpdate(update) {
+        offset = update.t * 1000 - Date.now();
+        total = update.total;
+        for (const id of update.remove) {
+            const row = rows.get(id);
+            if (row) {
+                row.tr.remove();
+                rows.delete(id);
+            }
+        }
+        for (const data of update.upsert) {
+            upsertRow(data, true);
+        }
+        renderCards(update.cards);
+        renderRows();
+        addPoint(update.t * 1000, total);
+        drawChart();
+    }
+
+    function connect() {
+        clearTimeout(retryTimer);
+        if (source) {
+            source.close();
+        }
+        source = new EventSource(streamUrl);
+        source.addEventListener("open", () => {
+            retryDelay = 2000;
+        });
+        source.addEventListener("snapshot", (event) => onSnapshot(JSON.parse(event.data)));
+        source.addEventListener("update", (event) => onUpdate(JSON.parse(event.data)));
+        source.addEventListener("terminated", () => {
+            source.close();
+            setStatus(T.stopped, true);
+        });
+        for (const name of ["shutdown", "timeout"]) {
+            // The server is going away: EventSource comes back after the retry it was sent.
+            source.addEventListener(name, () => setStatus(T.reconnecting, true));
+        }
+        source.addEventListener("error", () => {
+            if (source.readyState === EventSource.CLOSED) {
+                // The browser gave up (HTTP error, login redirect): try again later.
+                setStatus(T.failed, true);
+                source.close();
+                retryTimer = setTimeout(connect, retryDelay);
+                retryDelay = Math.min(retryDelay * 2, 60000);
+            } else {
+                setStatus(T.reconnecting, true);
+            }
+        });
+    }
+
+    cardsEl.dataset.empty = (cardsEl.querySelector(".flosse-empty") || {}).textContent || "";
+    setInterval(() => {
+        for (const row of rows.values()) {
+            refreshTimes(row);
+        }
+        drawChart();
+    }, 1000);
+    window.addEventListener("resize", drawChart);
+    // The admin's theme toggle sets data-theme on <html>; the system theme can change too.
+    new MutationObserver(drawChart).observe(document.documentElement, {attributes: true, attributeFilter: ["data-theme"]});
+    window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", drawChart);
+    connect();
+})();
