@@ -101,18 +101,37 @@ test-matrix:
 	  "Django $$($(DJ6_PY) -c 'import django; print(django.get_version())')"; \
 	$(DJ6_PY) -m pytest $(PYTEST_ARGS)
 
+# --------------------------------------------------------------------------- demo
+# The example project (example/): migrate its SQLite database, create the demo superuser
+# only if there is no superuser (demo_setup prints the login and the URLs), then serve it.
 # uvicorn waits for open responses on shutdown, and SSE streams never end by themselves:
 # --timeout-graceful-shutdown makes Ctrl-C stop the demo within two seconds.
+# gunicorn's gthread worker holds one thread per open stream: DEMO_THREADS of them.
+DEMO_MANAGE := $(PY) example/manage.py
+DEMO_THREADS ?= 64
+LOAD_ARGS ?=
+
+.PHONY: demo-wsgi demo-load
+
 demo: $(STAMP)
-	$(PY) example/manage.py migrate --noinput
-	@echo ""
-	@echo "  django-flosse demo:  http://127.0.0.1:$(PORT)/"
-	@echo "  admin:               http://127.0.0.1:$(PORT)/admin/"
-	@echo "                       (create a login: $(PY) example/manage.py createsuperuser)"
-	@echo "  Ctrl-C to stop."
-	@echo ""
+	$(DEMO_MANAGE) migrate --noinput
+	@$(DEMO_MANAGE) demo_setup --port $(PORT) --server uvicorn
 	@exec $(PY) -m uvicorn demo.asgi:application --app-dir example \
 	  --host 127.0.0.1 --port $(PORT) --lifespan off --timeout-graceful-shutdown 2
+
+# The same project under WSGI: gunicorn's gthread worker streams the async views too.
+demo-wsgi: $(STAMP)
+	$(DEMO_MANAGE) migrate --noinput
+	@$(DEMO_MANAGE) demo_setup --port $(PORT) --server "gunicorn gthread, $(DEMO_THREADS) threads"
+	@exec $(PY) -m gunicorn demo.wsgi:application --chdir example --config example/gunicorn.conf.py \
+	  --worker-class gthread --workers 1 --threads $(DEMO_THREADS) \
+	  --bind 127.0.0.1:$(PORT) --graceful-timeout 2 \
+	  $$($(PY) -m gunicorn --help 2>/dev/null | grep -q -- --no-control-socket && echo --no-control-socket)
+
+# Against a running demo (make demo, or make demo-wsgi, in another terminal):
+# 50 connections over 30 s by default; LOAD_ARGS="--connections 100 --duration 60".
+demo-load: $(STAMP)
+	$(PY) example/load.py --port $(PORT) $(LOAD_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -134,3 +153,37 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) $(DJ6_VENV)
+
+# --------------------------------------------------------------------------- bench
+# The side-by-side benchmark (bench/run.py): its own venv, pinned requirements, ours installed
+# editable on top, and django-flosse 0.2.0 from PyPI in a directory of its own (on the
+# PYTHONPATH of its peer's server only). Results in bench/results/ (latest.md, latest.json).
+# BENCH_ARGS is passed on, e.g. BENCH_ARGS="--peers ours-async-uvicorn,django-async-uvicorn"
+# or BENCH_ARGS="--profile ours-async-uvicorn,django-async-uvicorn" (py-spy flame graphs).
+BENCH_VENV := bench/.venv
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?=
+
+.PHONY: bench bench-quick
+
+$(BENCH_STAMP): bench/requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  echo "error: the benchmark needs Python 3.10+ ('$(PYTHON)'); try make PYTHON=python3.12 bench" >&2; \
+	  exit 1; }
+	@if [ ! -x $(BENCH_PY) ]; then \
+	  echo "creating $(BENCH_VENV) with $$($(PYTHON) --version 2>&1)"; \
+	  $(PYTHON) -m venv $(BENCH_VENV); \
+	fi
+	$(BENCH_PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(BENCH_PY) -m pip install $(PIP_FLAGS) -r bench/requirements.txt
+	$(BENCH_PY) -m pip install $(PIP_FLAGS) --no-deps -e .
+	rm -rf bench/.flosse020
+	$(BENCH_PY) -m pip install $(PIP_FLAGS) --no-deps --target bench/.flosse020 django-flosse==0.2.0
+	@touch $@
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) bench/run.py --out bench/results $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(BENCH_PY) bench/run.py --quick --out bench/results $(BENCH_ARGS)

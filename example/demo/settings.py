@@ -1,8 +1,19 @@
-"""Settings for the django-flosse demo (`make demo`). Local development only."""
+"""Settings for the django-flosse demo (`make demo`). Local development only.
+
+Environment variables (all optional):
+
+- ``DEMO_DB``: path of the SQLite database (default ``example/db.sqlite3``); the tests
+  point it at a temporary file.
+- ``DEMO_LOG_LEVEL``: level of the console log (default ``INFO``).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
+
+from demo.logconf import JSON_FORMATTER, configure_structlog
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -51,10 +62,12 @@ TEMPLATES = [
     }
 ]
 
+# SQLite, the embedded default. WAL lets the streams' history writer and the pages read
+# and write side by side; the timeout rides out the short write locks.
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": BASE_DIR / "db.sqlite3",
+        "NAME": os.environ.get("DEMO_DB") or BASE_DIR / "db.sqlite3",
         "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
     }
 }
@@ -64,8 +77,44 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# Served in DEBUG by Django's staticfiles handler, wrapped around the application in
+# asgi.py and wsgi.py: neither uvicorn nor gunicorn serves files, and no collectstatic.
 STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# django-flosse settings, merged over the documented defaults.
-FLOSSE: dict[str, object] = {}
+LOGIN_URL = "admin:login"
+
+# django-flosse settings, merged over the documented defaults. The metrics view answers
+# loopback clients and staff users by default, which is all a local demo needs.
+FLOSSE: dict[str, object] = {
+    "HEARTBEAT": 10,
+}
+
+# --------------------------------------------------------------------------- logging
+# JSON on the console, one object per line, for django-flosse's events (sse.connection.*)
+# and for every stdlib logger (Django, uvicorn) alike: see demo/logconf.py.
+configure_structlog()
+
+# Python warnings (e.g. Django's "must consume ... iterators") as JSON log lines too.
+logging.captureWarnings(True)
+
+_LOG_LEVEL = os.environ.get("DEMO_LOG_LEVEL", "INFO").upper()
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": JSON_FORMATTER},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json"},
+    },
+    "root": {"handlers": ["console"], "level": _LOG_LEVEL},
+    "loggers": {
+        # Django's own loggers propagate to the root. uvicorn installed plain-text handlers
+        # on its loggers before Django was set up: replace them.
+        "uvicorn": {"handlers": ["console"], "level": _LOG_LEVEL, "propagate": False},
+        "uvicorn.error": {"handlers": [], "level": _LOG_LEVEL, "propagate": True},
+        "uvicorn.access": {"handlers": ["console"], "level": _LOG_LEVEL, "propagate": False},
+        # One line per SQL query is too much for a demo console.
+        "django.db.backends": {"level": "WARNING"},
+    },
+}

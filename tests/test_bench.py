@@ -1,0 +1,66 @@
+"""The benchmark harness (``bench/run.py``) still runs end to end: a smoke run, not a benchmark.
+
+Only two peers, with what ``.[test]`` installs (uvicorn, Django; no sse-starlette, no psutil,
+no django-flosse 0.2.0), at the smallest sizes. No figure is asserted: this machine is shared
+and noisy. What must hold: the table and the JSON are written, every peer sent exactly the
+reference bytes, every workload produced a number, and no server process is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PEERS = ("ours-async-uvicorn", "django-async-uvicorn")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.server,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_writes_table_and_json_and_stops_every_server(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--sizes", "tiny",
+         "--peers", ",".join(PEERS), "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    data = json.loads((tmp_path / "latest.json").read_text())
+    table = (tmp_path / "latest.md").read_text()
+
+    assert data["identity_ok"] is True
+    rows = {row["peer"]: row for row in data["peers"]}
+    assert set(rows) == set(PEERS)
+    for name, row in rows.items():
+        assert row["status"] == "ok", (name, row.get("error"), row.get("log_tail"))
+        assert row["identity"]["ok"], (name, row["identity"])
+        for workload in ("A", "B"):
+            assert row[workload]["complete"], (name, workload, row[workload])
+            assert row[workload]["events_per_s"] > 0
+        assert row["C"]["closed_after_s"] is not None, (name, row["C"])
+        assert row["D"]["median_ms"] > 0
+        assert row["flood"]["count"] > 0
+        assert f"| `{name}` |" in table
+        assert row["pids"], name
+
+    assert "## Goals of issue 6" in table
+    assert "A: `ours-async-uvicorn` ≥ 3x `django-async-uvicorn`" in table
+    assert data["machine"]["python"]
+    assert not [pid for row in rows.values() for pid in row["pids"] if _alive(pid)]
