@@ -19,7 +19,12 @@ class FlosseConfig(AppConfig):
     def ready(self) -> None:
         from .conf import get_config
 
-        if get_config().persistence:
+        config = get_config()
+        if config.shutdown_signals:
+            from .shutdown import install_signal_handlers
+
+            install_signal_handlers()
+        if config.persistence:
             # Imported here: persistence imports the models, which needs the app registry.
             from .persistence import writer
             from .registry import registry

@@ -54,6 +54,14 @@ DEFAULTS: Mapping[str, Any] = {
     "FLUSH_INTERVAL": 1.0,
     # Seconds an open row may go unrefreshed before it is closed as "lost".
     "LOST_AFTER": 30.0,
+    # End every stream (reason "shutdown") when the server gets SIGTERM or SIGINT.
+    "SHUTDOWN_SIGNALS": True,
+    # Seconds after which a stream ends with reason "timeout" (jittered down by up to 10%
+    # so that clients do not all reconnect at once); None: no limit.
+    "MAX_DURATION": None,
+    # Seconds one chunk may wait for a client that stopped reading before the stream ends
+    # with reason "timeout" (ASGI servers; under WSGI the write blocks its own thread).
+    "SEND_TIMEOUT": 60.0,
     # Days closed rows are kept by `manage.py flosse_prune` (None: keep for ever).
     "RETENTION_DAYS": 30,
     # Live connections listed one by one on the admin dashboard (the rest are counted).
@@ -79,6 +87,9 @@ class Config:
     lost_after: float
     retention_days: int | None
     dashboard_top: int
+    shutdown_signals: bool
+    max_duration: float | None
+    send_timeout: float | None
     dumps: Dumps = field(repr=False)
 
 
@@ -187,6 +198,9 @@ def _build(overrides: Mapping[str, Any]) -> Config:
         lost_after=_required(_positive_or_none("LOST_AFTER", merged["LOST_AFTER"])),
         retention_days=_count_or_none("RETENTION_DAYS", merged["RETENTION_DAYS"]),
         dashboard_top=_required(_count_or_none("DASHBOARD_TOP", merged["DASHBOARD_TOP"])),
+        shutdown_signals=_bool("SHUTDOWN_SIGNALS", merged["SHUTDOWN_SIGNALS"]),
+        max_duration=_positive_or_none("MAX_DURATION", merged["MAX_DURATION"]),
+        send_timeout=_positive_or_none("SEND_TIMEOUT", merged["SEND_TIMEOUT"]),
         dumps=json_dumps_with(encoder),
     )
 

@@ -49,22 +49,24 @@ class _FromSettings:
 FROM_SETTINGS: Any = _FromSettings()
 
 
-def _validate(retry: Any, heartbeat: Any, permission_classes: Any) -> None:
+def _validate(retry: Any, permission_classes: Any, **options: Any) -> None:
     if retry is not None and (type(retry) is not int or retry < 0):
         raise TypeError(
             f"@sse_stream(retry=...) must be a non-negative int (milliseconds); got {retry!r}"
         )
-    if (
-        heartbeat is not FROM_SETTINGS
-        and heartbeat is not None
-        and (
-            isinstance(heartbeat, bool) or not isinstance(heartbeat, (int, float)) or heartbeat <= 0
-        )
-    ):
-        raise TypeError(
-            "@sse_stream(heartbeat=...) must be a positive number of seconds or None; "
-            f"got {heartbeat!r}"
-        )
+    for option, value in options.items():
+        if value is FROM_SETTINGS or value is None:
+            continue
+        if option.startswith("max_connections"):
+            if type(value) is not int or value < 1:
+                raise TypeError(
+                    f"@sse_stream({option}=...) must be an int >= 1 or None; got {value!r}"
+                )
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise TypeError(
+                f"@sse_stream({option}=...) must be a positive number of seconds or None; "
+                f"got {value!r}"
+            )
     if isinstance(permission_classes, (str, type)) or not isinstance(permission_classes, Sequence):
         raise TypeError(
             "@sse_stream(permission_classes=...) must be a list of permission classes; "
@@ -167,7 +169,9 @@ def _respond(
         source,
         connection=connection,
         encode=item_encoder,
-        heartbeat=config.heartbeat if options.heartbeat is FROM_SETTINGS else options.heartbeat,
+        heartbeat=_pick(options.heartbeat, config.heartbeat),
+        max_duration=_pick(options.max_duration, config.max_duration),
+        send_timeout=_pick(options.send_timeout, config.send_timeout),
         retry=options.retry,
         gzip=gzip,
     )
@@ -191,6 +195,8 @@ class _Options:
     permission_classes: PermissionClasses
     max_connections: Any
     max_connections_per_user: Any
+    max_duration: Any
+    send_timeout: Any
 
 
 def _sync_user(request: HttpRequest) -> Any:
@@ -281,6 +287,8 @@ def sse_stream(
     permission_classes: PermissionClasses = (),
     max_connections: int | None = ...,
     max_connections_per_user: int | None = ...,
+    max_duration: float | None = ...,
+    send_timeout: float | None = ...,
 ) -> StreamDecorator: ...
 
 
@@ -294,6 +302,8 @@ def sse_stream(
     permission_classes: PermissionClasses = (),
     max_connections: Any = FROM_SETTINGS,
     max_connections_per_user: Any = FROM_SETTINGS,
+    max_duration: Any = FROM_SETTINGS,
+    send_timeout: Any = FROM_SETTINGS,
 ) -> Any:
     """Turn a generator view (``def`` or ``async def``) into a Server-Sent Events endpoint.
 
@@ -315,18 +325,23 @@ def sse_stream(
     max_connections_per_user
         Open connections one authenticated user may hold on this stream per process; more
         get ``429`` with ``Retry-After`` (default ``FLOSSE["MAX_CONNECTIONS_PER_USER"]``).
+    max_duration
+        Seconds after which the stream ends with reason ``timeout`` and a final frame whose
+        ``retry:`` hint is jittered, so long streams drain during deploys (default
+        ``FLOSSE["MAX_DURATION"]``, none). The limit itself is jittered down by up to 10%.
+    send_timeout
+        Seconds a chunk may wait for a client that stopped reading before the stream ends
+        with reason ``timeout`` (default ``FLOSSE["SEND_TIMEOUT"]``, 60; ASGI servers).
     """
-    _validate(retry, heartbeat, permission_classes)
-    for option, value in (
-        ("max_connections", max_connections),
-        ("max_connections_per_user", max_connections_per_user),
-    ):
-        if (
-            value is not FROM_SETTINGS
-            and value is not None
-            and (type(value) is not int or value < 1)
-        ):
-            raise TypeError(f"@sse_stream({option}=...) must be an int >= 1 or None; got {value!r}")
+    _validate(
+        retry,
+        permission_classes,
+        heartbeat=heartbeat,
+        max_connections=max_connections,
+        max_connections_per_user=max_connections_per_user,
+        max_duration=max_duration,
+        send_timeout=send_timeout,
+    )
     options = {
         "name": name,
         "retry": retry,
@@ -334,6 +349,8 @@ def sse_stream(
         "permission_classes": tuple(permission_classes),
         "max_connections": max_connections,
         "max_connections_per_user": max_connections_per_user,
+        "max_duration": max_duration,
+        "send_timeout": send_timeout,
     }
     if view_func is not None:
         return _decorate(view_func, **options)

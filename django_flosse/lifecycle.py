@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from django.conf import settings
 
-from . import reasons
+from . import reasons, shutdown
 from .events import KEEPALIVE, encode_event, retry_frame
 from .log import STREAM_ERROR, get_logger
 from .registry import Connection, Registry, registry
@@ -34,7 +34,11 @@ from .stepping import Step
 __all__ = ["ERROR_MESSAGE", "MAX_CHUNK_BYTES", "Stream"]
 
 #: A chunk is sent once it reaches this size even if more events are ready.
-MAX_CHUNK_BYTES = 64 * 1024
+MAX_CHUNK_BYTES = 16 * 1024
+#: The chunk cap while the event loop has other work (see ``_yield_to_loop``).
+MIN_CHUNK_BYTES = 1024
+#: A turn of the loop that takes longer than this means other connections had work.
+BUSY_TURN_SECONDS = 0.0001
 
 #: Reconnection delay suggested when the server ends a stream itself (jittered up to 2x).
 RECONNECT_AFTER_MS = 1000
@@ -63,6 +67,22 @@ def final_frame(reason: str) -> bytes:
     return encode_event(json.dumps({"reason": reason}), event=reason, retry=retry).encode()
 
 
+async def _yield_to_loop(cap: int) -> int:
+    """Give the event loop one turn; return the chunk cap for the next chunk.
+
+    A producer that always has events ready would otherwise keep the loop for itself:
+    servers' ``send`` does not suspend while the socket takes the data. One turn per chunk
+    lets others run; and when that turn shows others had work (it took long), chunks
+    shrink so that a new request needs less time to get through its dozens of turns. Alone
+    on the loop, chunks grow back to the full size, which is where throughput comes from.
+    """
+    start = time.monotonic()
+    await asyncio.sleep(0)
+    if time.monotonic() - start > BUSY_TURN_SECONDS:
+        return MIN_CHUNK_BYTES
+    return min(cap * 2, MAX_CHUNK_BYTES)
+
+
 def _cancel_requested() -> bool:
     """Is the current task being cancelled (rather than a producer's own timeout firing)?"""
     task = asyncio.current_task()
@@ -88,6 +108,8 @@ class Stream:
         name: str = "",
         encode: Callable[[Any], bytes] | None,
         heartbeat: float | None,
+        max_duration: float | None = None,
+        send_timeout: float | None = None,
         retry: int | None = None,
         gzip: bool = False,
         registry: Registry = registry,
@@ -98,6 +120,9 @@ class Stream:
         self._source = source
         self._encode = encode
         self._heartbeat = heartbeat
+        self._max_duration = max_duration
+        self._send_timeout = send_timeout
+        self._sending_since: float | None = None  # while the server holds a chunk
         self._first = retry_frame(retry) if retry is not None else b""
         self._gzip = zlib.compressobj(wbits=31) if gzip else None
 
@@ -149,6 +174,9 @@ class Stream:
         conn.wake = wake
         if conn.stop_reason is not None:
             stop.set_result(None)
+        timers = self._arm_timers(loop)
+        shutdown.ensure_installed()
+        cap = MAX_CHUNK_BYTES
         # Anything the view logs while it streams carries the connection id and stream.
         bound = structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
         try:
@@ -187,7 +215,7 @@ class Stream:
                     break
                 # Pull every item that is ready now, up to one chunk.
                 try:
-                    while not finished and size < MAX_CHUNK_BYTES and not step.blocked():
+                    while not finished and size < cap and not step.blocked():
                         ready, item = step.poll()
                         if not ready:
                             break
@@ -203,7 +231,9 @@ class Stream:
                     chunk = b"".join(out) if len(out) > 1 else out[0]
                     out.clear()
                     size = 0
+                    self._sending_since = time.monotonic()
                     yield self._count(chunk)
+                    self._sending_since = None
                     if heartbeat is not None:
                         last_sent = time.monotonic()
                 if finished or stop.done():
@@ -211,7 +241,7 @@ class Stream:
                 if not step.blocked():
                     # More is ready (the chunk was full) or the producer asked for a loop
                     # turn: let other connections run before the next chunk.
-                    await asyncio.sleep(0)
+                    cap = await _yield_to_loop(cap)
             if stop.done():  # asked to stop: terminated, shutdown or timeout
                 reason = conn.stop_reason or reasons.TERMINATED
                 await self._cancel_producer(step)
@@ -224,7 +254,8 @@ class Stream:
                 conn.bytes_sent += len(tail)
                 yield tail
         except (asyncio.CancelledError, GeneratorExit):
-            reason = reasons.CANCELLED
+            # A client that left, or a send_timeout that cancelled the send (its reason).
+            reason = conn.stop_reason or reasons.CANCELLED
             await self._cancel_producer(step, delivered=delivered)
             raise
         except Exception as exc:  # the producer raised, or yielded something invalid
@@ -238,10 +269,40 @@ class Stream:
                     await aclose()
             finally:
                 conn.wake = None
+                for timer in timers:
+                    timer.cancel()
                 self._registry.close(conn, reason)
                 # (On Python 3.10's private loop each step had its own context: nothing to reset.)
                 with contextlib.suppress(ValueError):
                     structlog.contextvars.reset_contextvars(**bound)
+
+    def _arm_timers(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+        """The per-connection timers (never per event): maximum duration, send watchdog."""
+        timers = []
+        conn = self.connection
+        if self._max_duration is not None:
+            # Jittered down so that streams opened together do not all end together.
+            limit = self._max_duration * random.uniform(0.9, 1.0)
+            timers.append(loop.call_later(limit, conn.request_stop, reasons.TIMEOUT))
+        if self._send_timeout is not None:
+            task = asyncio.current_task()
+            send_timeout = self._send_timeout
+            period = send_timeout / 2
+
+            def watch() -> None:
+                since = self._sending_since
+                if since is not None and time.monotonic() - since > send_timeout:
+                    # The server has held a chunk too long: the client stopped reading.
+                    # Cancelling the send is the only way out of it.
+                    conn.request_stop(reasons.TIMEOUT)
+                    if task is not None:
+                        task.cancel()
+                else:
+                    timers[index] = loop.call_later(period, watch)
+
+            index = len(timers)
+            timers.append(loop.call_later(period, watch))
+        return timers
 
     def _count(self, chunk: bytes) -> bytes:
         if self._gzip is not None:

@@ -49,11 +49,20 @@ def get_logger() -> Any:
     """A bound logger; resolved per call so a later ``structlog.configure`` is honoured."""
     if structlog.is_configured():
         return structlog.get_logger("django_flosse")
-    return structlog.wrap_logger(
-        _STDLIB_LOGGER,
-        processors=[structlog.contextvars.merge_contextvars, _render_for_stdlib],
-        wrapper_class=structlog.stdlib.BoundLogger,
-    )
+    return _STDLIB_BRIDGE
+
+
+# Used while the project has not configured structlog. filter_by_level comes first: a
+# disabled level (INFO in production, often) costs a level check, not a rendering.
+_STDLIB_BRIDGE = structlog.wrap_logger(
+    _STDLIB_LOGGER,
+    processors=[
+        structlog.stdlib.filter_by_level,
+        structlog.contextvars.merge_contextvars,
+        _render_for_stdlib,
+    ],
+    wrapper_class=structlog.stdlib.BoundLogger,
+)
 
 
 class LogObserver:

@@ -125,6 +125,7 @@ class Registry:
         self._totals: dict[str, StreamTotals] = {}
         self._per_user: Counter[tuple[str, str]] = Counter()
         self._observers: list[Observer] = []
+        self._stopping: str | None = None
 
     # -- observers ---------------------------------------------------------------------
     def subscribe(self, observer: Observer) -> None:
@@ -175,6 +176,8 @@ class Registry:
                 rejected = "user_limit"
             else:
                 rejected = None
+                if self._stopping is not None:  # shutting down: it ends at its first step
+                    connection.stop_reason = self._stopping
                 self._live[connection.id] = connection
                 totals.active += 1
                 totals.opened += 1
@@ -251,9 +254,22 @@ class Registry:
                 count += 1
         return count
 
+    def stop_all(self, reason: str) -> int:
+        """End every live connection with ``reason``, and any opened from now on (shutdown)."""
+        with self._lock:
+            self._stopping = reason
+            ids = list(self._live)
+        return self.stop(ids, reason)
+
+    @property
+    def stopping(self) -> str | None:
+        """The reason given to :meth:`stop_all`, if the process is shutting down."""
+        return self._stopping
+
     def reset(self) -> None:
         """Forget every connection and total (for tests); subscribed observers stay."""
         with self._lock:
+            self._stopping = None
             self._live.clear()
             self._totals.clear()
             self._per_user.clear()

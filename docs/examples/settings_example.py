@@ -23,4 +23,8 @@ FLOSSE = {
     "LOST_AFTER": 30.0,
     "RETENTION_DAYS": 30,
     "DASHBOARD_TOP": 100,
+    # Ending streams: server shutdown, long streams, stuck clients
+    "SHUTDOWN_SIGNALS": True,
+    "MAX_DURATION": None,
+    "SEND_TIMEOUT": 60.0,
 }
