@@ -19,9 +19,12 @@ import contextlib
 import contextvars
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
+
+from .db import IDLE_STEP_SECONDS, release_connections
 
 __all__ = ["ThreadedSource", "iterate_on_private_loop"]
 
@@ -56,6 +59,9 @@ class _LentDatabases:
     def give_back(self) -> None:
         for connection in self._lent:
             connection.dec_thread_sharing()
+
+    def release(self) -> None:
+        release_connections(self._lent)
 
 
 class ThreadedSource:
@@ -113,7 +119,13 @@ class ThreadedSource:
         if self._databases is not None:
             self._databases.borrow()
         try:
+            databases = self._databases
+            if databases is not None:
+                databases.release()  # the view is done with them (see db.py)
+            started = time.monotonic()
             for item in self._iterator:
+                if databases is not None and time.monotonic() - started >= IDLE_STEP_SECONDS:
+                    databases.release()  # a poll loop: do not hold them while it sleeps
                 frame = self._encode(item)
                 with self._cond:
                     while len(self._buffer) >= self._ahead and not self._closed:
@@ -122,6 +134,7 @@ class ThreadedSource:
                         break
                     self._buffer.append(frame)
                     self._notify_consumer()
+                started = time.monotonic()
         except BaseException as exc:  # handed to the consumer, which logs it as the stream's error
             end = exc
         finally:

@@ -23,6 +23,7 @@ from . import reasons
 from .bridge import ThreadedSource
 from .clients import connection_for
 from .conf import Config, get_config
+from .db import release_connections
 from .formatters import make_encoder
 from .lifecycle import Stream
 from .permissions import AllowAny, BaseSSEPermission, IsAdminUser, IsAuthenticated
@@ -233,6 +234,9 @@ def _decorate(view_func: ViewT, **kwargs: Any) -> ViewT:
             ):
                 registry.reject(options.name, "forbidden")
                 return _refusal("forbidden", get_config())
+            if settings.DATABASES:
+                # On the request's thread, where the user lookup ran (see db.py).
+                await sync_to_async(release_connections)()
             return _respond(request, user, lambda: view_func(*args, **kwargs), options)
 
         return async_view  # type: ignore[return-value]
