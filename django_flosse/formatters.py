@@ -110,11 +110,44 @@ def to_sse(raw: Any) -> str:
     return format_item(raw, get_config().dumps)
 
 
+# Data types whose JSON never fails for a reason the general path would word better.
+_PLAIN_JSON = frozenset({dict, list, int, float, bool, type(None)})
+
+#: Distinct event names whose validated prefix is kept (names are few in practice).
+MAX_CACHED_EVENT_NAMES = 256
+
+
 def make_encoder(dumps: Dumps) -> Callable[[Any], bytes]:
-    """``encode_item`` with its JSON serialiser bound: the per-event call of the hot path."""
+    """The per-event encode of the hot path, with ``dumps`` bound.
+
+    The two commonest yields, ``"text"`` and ``("name", data)``, skip the general path: the
+    event name is checked once and its ``event: name\ndata: `` prefix kept as bytes, and
+    JSON text needs no line splitting unless the encoder writes newlines (``indent``).
+    Everything else, and anything unusual, goes through :func:`format_item`.
+    """
+    prefixes: dict[str, bytes] = {}
+
+    def prefix_for(event: str) -> bytes | None:
+        prefix = prefixes.get(event)
+        if prefix is None and type(event) is str and "\n" not in event and "\r" not in event:
+            prefix = f"event: {event}\ndata: ".encode()
+            if len(prefixes) < MAX_CACHED_EVENT_NAMES:
+                prefixes[event] = prefix
+        return prefix
 
     def encode(raw: Any) -> bytes:
         try:
+            kind = type(raw)
+            if kind is tuple and len(raw) == 2:
+                event, data = raw
+                if type(data) in _PLAIN_JSON and type(event) is str:
+                    prefix = prefix_for(event)
+                    if prefix is not None:
+                        text = _json(data, dumps)
+                        if "\n" not in text and "\r" not in text:
+                            return prefix + text.encode() + b"\n\n"
+            elif kind is str and "\n" not in raw and "\r" not in raw:
+                return b"data: " + str.encode(raw) + b"\n\n"
             return format_item(raw, dumps).encode()
         except UnicodeEncodeError as exc:
             raise _not_utf8(exc) from exc
