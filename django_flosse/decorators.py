@@ -96,18 +96,46 @@ def _check_permissions(request: HttpRequest, permission_classes: PermissionClass
     return True
 
 
-async def _acheck_permissions(request: HttpRequest, permission_classes: PermissionClasses) -> bool:
-    for perm in _instances(permission_classes):
-        check = perm.has_permission
-        if inspect.iscoroutinefunction(check):
-            allowed = await check(request)
-        elif getattr(check, "__func__", None) in _LOOP_SAFE:
-            allowed = check(request)
-        else:  # a sync class may query the database: not on the event loop
-            allowed = await sync_to_async(check)(request)
+def _prepare_in_thread(request: HttpRequest, sync_checks: list[Any]) -> tuple[Any, bool]:
+    """On the request's thread: load the user, run the sync permission classes (they may
+    query the database), then let go of the connections they used (see db.py)."""
+    user = getattr(request, "user", None)
+    if user is not None:
+        _ = user.is_authenticated  # evaluates Django's lazy user: a session and user query
+    allowed = all(check(request) for check in sync_checks)
+    release_connections()
+    return user, allowed
+
+
+async def _aprepare(
+    request: HttpRequest, permission_classes: PermissionClasses
+) -> tuple[Any, bool]:
+    """The async path's user and permission checks, with at most one thread hop.
+
+    Nothing that may block runs on the event loop: the user lookup and sync permission
+    classes go to the request's thread together (one hop, which also releases the database
+    connections); ``async def`` classes are awaited; the built-in classes, which only read
+    the loaded user, run inline.
+    """
+    checks = [perm.has_permission for perm in _instances(permission_classes)]
+    sync_checks = [
+        check
+        for check in checks
+        if not inspect.iscoroutinefunction(check)
+        and getattr(check, "__func__", None) not in _LOOP_SAFE
+    ]
+    if sync_checks or inspect.iscoroutinefunction(getattr(request, "auser", None)):
+        user, allowed = await sync_to_async(_prepare_in_thread)(request, sync_checks)
+    else:
+        user, allowed = getattr(request, "user", None), True
+    for check in checks:
         if not allowed:
-            return False
-    return True
+            break
+        if inspect.iscoroutinefunction(check):
+            allowed = bool(await check(request))
+        elif getattr(check, "__func__", None) in _LOOP_SAFE:
+            allowed = bool(check(request))
+    return user, allowed
 
 
 def _wants_gzip(request: HttpRequest) -> bool:
@@ -204,15 +232,6 @@ def _sync_user(request: HttpRequest) -> Any:
     return getattr(request, "user", None)
 
 
-async def _async_user(request: HttpRequest) -> Any:
-    auser = getattr(request, "auser", None)
-    if inspect.iscoroutinefunction(auser):
-        # Load the user without a blocking ORM call on the event loop; later reads of
-        # request.user (permission classes, the view) see the loaded user.
-        request.user = await auser()
-    return getattr(request, "user", None)
-
-
 def _decorate(view_func: ViewT, **kwargs: Any) -> ViewT:
     if inspect.iscoroutinefunction(view_func):
         raise TypeError(
@@ -228,15 +247,10 @@ def _decorate(view_func: ViewT, **kwargs: Any) -> ViewT:
         @functools.wraps(view_func)
         async def async_view(*args: Any, **kwargs: Any) -> HttpResponseBase:
             request = args[request_index]
-            user = await _async_user(request)
-            if options.permission_classes and not await _acheck_permissions(
-                request, options.permission_classes
-            ):
+            user, allowed = await _aprepare(request, options.permission_classes)
+            if not allowed:
                 registry.reject(options.name, "forbidden")
                 return _refusal("forbidden", get_config())
-            if settings.DATABASES:
-                # On the request's thread, where the user lookup ran (see db.py).
-                await sync_to_async(release_connections)()
             return _respond(request, user, lambda: view_func(*args, **kwargs), options)
 
         return async_view  # type: ignore[return-value]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -136,19 +135,22 @@ def _fold(connection: Connection, folded: list[int]) -> None:
         folded[1] = sent
 
 
+#: Seconds without a live connection after which the folding thread stops (it is started
+#: again by the next connection; starting a thread per connection would cost each one).
+FOLDER_IDLE_EXIT = 60.0
+
+
 def _fold_forever() -> None:
     """The folding thread: runs while connections are live, then stops until the next."""
+    idle_since = None
     while True:
         with _folding.lock:
-            if not _folding.folded:
+            if _folding.folded:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= FOLDER_IDLE_EXIT:
                 _folding.thread = None
                 return
         fold_all()
         time.sleep(FOLD_INTERVAL)
-
-
-def prometheus_view() -> Any:
-    """prometheus_client's own Django view (multiprocess-aware), for ``flosse:metrics``."""
-    from prometheus_client.django import PrometheusDjangoView
-
-    return PrometheusDjangoView
