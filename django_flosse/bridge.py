@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 from .db import IDLE_STEP_SECONDS, release_connections
+from .workers import run_in_worker
 
 __all__ = ["ThreadedSource", "iterate_on_private_loop"]
 
@@ -88,6 +90,8 @@ class ThreadedSource:
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
+        #: Set once the generator is closed and its thread has let go of it.
+        self.finished = threading.Event()
 
     def __aiter__(self) -> ThreadedSource:
         return self
@@ -109,10 +113,7 @@ class ThreadedSource:
     def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         context = contextvars.copy_context()  # structlog's bound values follow the view
-        self.thread = threading.Thread(
-            target=context.run, args=(self._produce,), name="flosse-sync-stream", daemon=True
-        )
-        self.thread.start()
+        self.thread = run_in_worker(functools.partial(context.run, self._produce))
 
     def _produce(self) -> None:
         end: BaseException = StopAsyncIteration()
@@ -148,6 +149,7 @@ class ThreadedSource:
                 with self._cond:
                     self._end = end
                     self._notify_consumer()
+                self.finished.set()
 
     def _notify_consumer(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -168,13 +170,37 @@ class ThreadedSource:
             self._cond.notify()
 
 
+class _ThreadLoop:
+    """One loop per server thread, kept between its connections: creating and closing a
+    loop (selector, self-pipe) for each would cost every short stream. It is closed when
+    its thread ends (thread-local values are dropped then)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+_thread_loops = threading.local()
+
+
+def _loop_of_this_thread() -> asyncio.AbstractEventLoop:
+    holder: _ThreadLoop | None = getattr(_thread_loops, "holder", None)
+    if holder is None or holder.loop.is_closed():
+        holder = _thread_loops.holder = _ThreadLoop()
+    return holder.loop
+
+
 def iterate_on_private_loop(frames: AsyncIterator[bytes]) -> Generator[bytes, None, None]:
-    """Iterate an async iterator from sync code, one item per turn of a private loop.
+    """Iterate an async iterator from sync code, one item per turn of this thread's loop.
 
     When the caller stops early (a WSGI server closes the response because the client went
     away), the async iterator is closed on the same loop, so its cleanup runs where it ran.
+    Tasks the stream left behind are cancelled before the loop serves another connection.
     """
-    loop = asyncio.new_event_loop()
+    loop = _loop_of_this_thread()
     # Every step runs in one context, as the iteration would in one task under ASGI, so
     # context variables the stream binds (structlog's) hold from step to step.
     context = contextvars.copy_context()
@@ -192,10 +218,11 @@ def iterate_on_private_loop(frames: AsyncIterator[bytes]) -> Generator[bytes, No
                 return
             yield chunk
     finally:
-        try:
-            aclose = getattr(frames, "aclose", None)
-            if aclose is not None:
-                run(aclose())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
+        aclose = getattr(frames, "aclose", None)
+        if aclose is not None:
+            run(aclose())
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import itertools
 import sys
 import threading
@@ -63,8 +64,7 @@ async def test_all_steps_run_on_one_thread_that_is_not_the_loops() -> None:
     assert len(recorder.step_threads) == 1
     assert threading.get_ident() not in recorder.step_threads
     assert source.thread is not None
-    source.thread.join(timeout=5)
-    assert not source.thread.is_alive()
+    assert source.finished.wait(5)
     assert recorder.cleanup_thread in recorder.step_threads
 
 
@@ -86,7 +86,7 @@ async def test_never_more_than_ahead_items_ahead_of_the_consumer(ahead: int) -> 
     finally:
         await source.aclose()
         assert source.thread is not None
-        await asyncio.to_thread(source.thread.join, 5)
+        assert await asyncio.to_thread(source.finished.wait, 5)
 
 
 async def test_aclose_closes_the_generator_in_its_own_thread() -> None:
@@ -95,8 +95,7 @@ async def test_aclose_closes_the_generator_in_its_own_thread() -> None:
     assert await source.__anext__() == b"0"
     await source.aclose()
     assert source.thread is not None
-    await asyncio.to_thread(source.thread.join, 5)
-    assert not source.thread.is_alive()
+    assert await asyncio.to_thread(source.finished.wait, 5)
     assert recorder.exit_seen  # GeneratorExit at its yield: its finally and with blocks ran
     assert recorder.cleanup_thread in recorder.step_threads
 
@@ -151,8 +150,7 @@ def test_no_thread_error_when_closed_while_waiting_and_the_loop_is_gone(
         loop.close()
     release.set()
     assert source.thread is not None
-    source.thread.join(timeout=5)
-    assert not source.thread.is_alive()
+    assert source.finished.wait(5)
     assert errors == []
 
 
@@ -181,7 +179,7 @@ def test_private_loop_iterates_to_the_end_and_cleans_up() -> None:
     recorder = AsyncRecorder()
     assert list(iterate_on_private_loop(recorder.frames(3))) == [b"0", b"1", b"2"]
     assert recorder.cleaned
-    assert recorder.cleanup_loop is not None and recorder.cleanup_loop.is_closed()
+    assert recorder.cleanup_loop is not None and not recorder.cleanup_loop.is_running()
 
 
 def test_private_loop_closes_the_async_iterator_on_early_stop() -> None:
@@ -194,14 +192,10 @@ def test_private_loop_closes_the_async_iterator_on_early_stop() -> None:
     assert recorder.cleaned
     assert recorder.cleanup_loop is not None
     assert recorder.loops == {id(recorder.cleanup_loop)}  # cleanup ran on the loop it ran on
-    assert recorder.cleanup_loop.is_closed()
 
 
-def test_private_loop_propagates_exceptions_and_closes_the_loop() -> None:
-    loops: list[asyncio.AbstractEventLoop] = []
-
+def test_private_loop_propagates_exceptions() -> None:
     async def failing() -> AsyncIterator[bytes]:
-        loops.append(asyncio.get_running_loop())
         yield b"ok"
         raise LookupError("boom")
 
@@ -209,7 +203,29 @@ def test_private_loop_propagates_exceptions_and_closes_the_loop() -> None:
     assert next(chunks) == b"ok"
     with pytest.raises(LookupError, match="boom"):
         next(chunks)
-    assert loops[0].is_closed()
+
+
+def test_private_loop_is_reused_by_its_thread_and_closed_when_the_thread_ends() -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+    leftover: list[asyncio.Task[None]] = []
+
+    async def frames() -> AsyncIterator[bytes]:
+        loops.append(asyncio.get_running_loop())
+        # A task the stream leaves behind must not run during the next connection.
+        leftover.append(asyncio.get_running_loop().create_task(asyncio.sleep(3600)))
+        yield b"x"
+
+    def serve_two_connections() -> None:
+        assert list(iterate_on_private_loop(frames())) == [b"x"]
+        assert leftover[0].cancelled()
+        assert list(iterate_on_private_loop(frames())) == [b"x"]
+
+    thread = threading.Thread(target=serve_two_connections)
+    thread.start()
+    thread.join(10)
+    assert loops[0] is loops[1]  # one loop per server thread, kept between connections
+    gc.collect()
+    assert loops[0].is_closed()  # and closed with its thread
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="one context per stream needs 3.11")
@@ -223,3 +239,24 @@ def test_private_loop_keeps_one_context_across_steps() -> None:
 
     assert list(iterate_on_private_loop(frames())) == [b"1", b"set in the first step"]
     assert var.get() == "unset"  # the caller's context is untouched
+
+
+def test_worker_threads_are_reused_then_exit_when_idle() -> None:
+    from django_flosse import workers
+
+    seen: list[threading.Thread] = []
+    done = threading.Event()
+
+    def work() -> None:
+        seen.append(threading.current_thread())
+        done.set()
+
+    for _ in range(3):
+        done.clear()
+        workers.run_in_worker(work)
+        assert done.wait(5)
+        wait_until(lambda: bool(workers._idle), 5)
+    assert len(set(seen)) == 1  # one thread served all three, one after the other
+    assert seen[0].daemon
+    seen[0].join(workers.IDLE_EXIT_SECONDS + 5)
+    assert not seen[0].is_alive()  # and it went away once idle
