@@ -17,6 +17,7 @@ class FlosseConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the system checks)
         from .conf import get_config
 
         config = get_config()

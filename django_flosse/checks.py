@@ -64,9 +64,9 @@ BUFFERING_MIDDLEWARE: dict[str, str] = {
 #: A METRICS_TOKEN shorter than this is guessable (secrets.token_urlsafe(32) gives 43).
 MIN_TOKEN_LENGTH = 16
 
-_EVERYONE_V4 = ipaddress.ip_network("0.0.0.0/0")
-_EVERYONE_V6 = ipaddress.ip_network("::/0")
-_MAPPED_V4 = ipaddress.ip_network("::ffff:0:0/96")  # every IPv4 client on a dual-stack socket
+_EVERYONE_V4 = ipaddress.IPv4Network("0.0.0.0/0")
+_EVERYONE_V6 = ipaddress.IPv6Network("::/0")
+_MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")  # every IPv4 client on a dual-stack socket
 
 
 def _ours(app_configs: Sequence[AppConfig] | None) -> bool:
@@ -129,7 +129,7 @@ def _gzip_subclass(path: str) -> bool:
 
     try:
         middleware = import_string(path)
-    except ImportError:  # Django reports unimportable middleware itself
+    except Exception:  # any import error: Django reports unimportable middleware itself
         return False
     return isinstance(middleware, type) and issubclass(middleware, GZipMiddleware)
 
@@ -254,8 +254,13 @@ def _covers_everyone(
 def _unmatchable(token: str) -> str | None:
     if token != token.strip():
         return "it starts or ends with whitespace (the header value is stripped)"
-    if not (token.isascii() and token.isprintable()):
-        return "it has characters that are not printable ASCII (HTTP headers are ASCII)"
+    if not token.isascii():
+        return (
+            "it has characters that are not ASCII (a client sends UTF-8 bytes, which the "
+            "server hands to Django decoded as Latin-1)"
+        )
+    if not token.isprintable():
+        return "it has a control character (HTTP servers refuse those in header values)"
     return None
 
 

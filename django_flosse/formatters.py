@@ -50,7 +50,7 @@ def _text(value: Any, dumps: Dumps) -> str:
 def format_item(raw: Any, dumps: Dumps) -> str:
     """Return the wire text for one yielded value, or raise ``SSEYieldError``/``ValueError``."""
     kind = type(raw)
-    if kind is str:
+    if kind is str or isinstance(raw, str):  # SafeString (render_to_string) is text too
         return encode_event(raw)
     if isinstance(raw, tuple):
         if len(raw) == 2:

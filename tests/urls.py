@@ -47,3 +47,29 @@ urlpatterns += [
 from django.contrib import admin  # noqa: E402
 
 urlpatterns += [path("admin/", admin.site.urls)]
+
+# Reliability tests (issue 7).
+urlpatterns += [
+    path("rel/state/", views.rel_state),
+    path("rel/endless/", views.rel_endless),
+    path("rel/sync-endless/", views.rel_sync_endless),
+    path("rel/max-duration/", views.rel_max_duration),
+    path("rel/sync-max-duration/", views.rel_sync_max_duration),
+    path("rel/flood/", views.rel_flood),
+    path("rel/flood-timeout/", views.rel_flood_timeout),
+    path("rel/sync-flood/", views.rel_sync_flood),
+    path("rel/db-sync/", views.rel_db_sync),
+    path("rel/db-async/", views.rel_db_async),
+    path("rel/db-atomic/", views.rel_db_atomic),
+]
+
+# Bad input and security tests (issue 7).
+urlpatterns += [
+    path("bad-input/sync/", views.bad_input_sync),
+    path("bad-input/async/", views.bad_input_async),
+    path("security/leaky/", views.sec_leaky),
+    path("security/leaky-async/", views.sec_leaky_async),
+    path("security/leaky-permission/", views.sec_leaky_permission),
+    path("security/echo-last-id/", views.sec_echo_last_id),
+    path("security/echo-last-id-async/", views.sec_echo_last_id_async),
+]

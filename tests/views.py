@@ -269,3 +269,288 @@ def obs_pid_stream(request: HttpRequest) -> Iterator[Any]:
         yield ("pid", {"pid": os.getpid(), "i": i})
         if every:
             time.sleep(every)
+
+
+# --------------------------------------------------------------- reliability (issue 7)
+# Views of tests/reliability/. Each counts the runs of its ``finally`` block (a producer's
+# cleanup) in FINALLY_RUN, which ``rel_state`` reports with the registry's active counts,
+# the open history rows and the process's memory, so a test in another process can check
+# that a thousand dropped streams really were cleaned up.
+
+import collections  # noqa: E402
+import threading  # noqa: E402
+
+from django.contrib.auth import get_user_model  # noqa: E402
+
+FINALLY_RUN: collections.Counter[str] = collections.Counter()
+_FINALLY_LOCK = threading.Lock()
+
+
+def _finally_ran(name: str) -> None:
+    with _FINALLY_LOCK:  # sync views run their generators in threads
+        FINALLY_RUN[name] += 1
+
+
+def _proc_status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def rel_state(request: HttpRequest) -> Any:
+    """JSON: registry active counts, finally blocks run, open rows (``?rows=1``), RSS."""
+    from django.db import connections
+    from django.http import JsonResponse
+
+    from django_flosse.registry import current_process, registry
+
+    totals = registry.totals()
+    active = {name: t.active for name, t in totals.items() if t.active}
+    state: dict[str, Any] = {
+        "pid": os.getpid(),
+        "active": sum(active.values()),
+        "active_by_stream": active,
+        "bytes_by_stream": {name: t.bytes_sent for name, t in totals.items()},
+        "finally": dict(FINALLY_RUN),
+        "rss_kb": _proc_status("VmRSS"),
+        "threads": _proc_status("Threads"),
+    }
+    if request.GET.get("db"):
+        # Every database connection object of the process, and how many are open
+        # (a file descriptor count is no proof on SQLite: it defers closing them).
+        import gc
+
+        from django.db.backends.base.base import BaseDatabaseWrapper
+
+        wrappers = [o for o in gc.get_objects() if isinstance(o, BaseDatabaseWrapper)]
+        state["db_open"] = sum(1 for w in wrappers if w.connection is not None)
+        state["db_wrappers"] = len(wrappers)
+    if request.GET.get("gc"):
+        import gc
+
+        gc.collect()
+        state["gc_objects"] = len(gc.get_objects())
+    if request.GET.get("rows"):
+        from django_flosse.models import StreamConnection
+
+        open_rows = StreamConnection.objects.filter(
+            closed_at__isnull=True, process=current_process()
+        )
+        state["open_rows"] = open_rows.count()
+        connections.close_all()  # this probe must not hold a connection itself
+    return JsonResponse(state)
+
+
+@sse_stream(name="rel.endless", heartbeat=5)
+async def rel_endless(request: HttpRequest) -> AsyncIterator[Any]:
+    """One small event every ``?every=`` seconds (1), for ever."""
+    every = float(request.GET.get("every", "1"))
+    try:
+        for i in itertools.count():
+            yield ("tick", {"i": i})
+            await asyncio.sleep(every)
+    finally:
+        _finally_ran("rel.endless")
+
+
+@sse_stream(name="rel.sync_endless", heartbeat=5)
+def rel_sync_endless(request: HttpRequest) -> Iterator[Any]:
+    """The sync twin of ``rel_endless`` (a thread per stream)."""
+    every = float(request.GET.get("every", "1"))
+    try:
+        for i in itertools.count():
+            yield ("tick", {"i": i})
+            time.sleep(every)
+    finally:
+        _finally_ran("rel.sync_endless")
+
+
+@sse_stream(name="rel.max_duration", max_duration=1, heartbeat=5)
+async def rel_max_duration(request: HttpRequest) -> AsyncIterator[Any]:
+    """Endless, but ends with reason ``timeout`` after about a second (jittered)."""
+    try:
+        for i in itertools.count():
+            yield ("tick", {"i": i})
+            await asyncio.sleep(0.1)
+    finally:
+        _finally_ran("rel.max_duration")
+
+
+@sse_stream(name="rel.sync_max_duration", max_duration=1, heartbeat=5)
+def rel_sync_max_duration(request: HttpRequest) -> Iterator[Any]:
+    try:
+        for i in itertools.count():
+            yield ("tick", {"i": i})
+            time.sleep(0.1)
+    finally:
+        _finally_ran("rel.sync_max_duration")
+
+
+_BLOB = "x" * 4000
+
+
+@sse_stream(name="rel.flood", heartbeat=None, send_timeout=None)
+async def rel_flood(request: HttpRequest) -> AsyncIterator[Any]:
+    """4 kB events as fast as the client takes them; no send timeout."""
+    try:
+        for i in itertools.count():
+            yield ("blob", {"i": i, "pad": _BLOB})
+    finally:
+        _finally_ran("rel.flood")
+
+
+@sse_stream(name="rel.flood_timeout", heartbeat=None, send_timeout=2)
+async def rel_flood_timeout(request: HttpRequest) -> AsyncIterator[Any]:
+    """The same flood; a client that stops reading for 2 s ends it (reason ``timeout``)."""
+    try:
+        for i in itertools.count():
+            yield ("blob", {"i": i, "pad": _BLOB})
+    finally:
+        _finally_ran("rel.flood_timeout")
+
+
+@sse_stream(name="rel.sync_flood", heartbeat=None)
+def rel_sync_flood(request: HttpRequest) -> Iterator[Any]:
+    """The sync flood (under gunicorn gthread a stuck client blocks this thread's write)."""
+    try:
+        for i in itertools.count():
+            yield ("blob", {"i": i, "pad": _BLOB})
+    finally:
+        _finally_ran("rel.sync_flood")
+
+
+@sse_stream(name="rel.db_sync", permission_classes=[IsAuthenticated], heartbeat=5)
+def rel_db_sync(request: HttpRequest) -> Iterator[Any]:
+    """Polls the database every ``?every=`` seconds (0.5) with a blocking sleep between."""
+    every = float(request.GET.get("every", "0.5"))
+    users = get_user_model().objects
+    try:
+        for i in itertools.count():
+            yield ("poll", {"i": i, "users": users.count(), "me": request.user.pk})
+            time.sleep(every)
+    finally:
+        _finally_ran("rel.db_sync")
+
+
+@sse_stream(name="rel.db_async", permission_classes=[IsAuthenticated], heartbeat=5)
+async def rel_db_async(request: HttpRequest) -> AsyncIterator[Any]:
+    """Polls the database with the async ORM every ``?every=`` seconds (0.5)."""
+    every = float(request.GET.get("every", "0.5"))
+    users = get_user_model().objects
+    user = await request.auser()
+    try:
+        for i in itertools.count():
+            yield ("poll", {"i": i, "users": await users.acount(), "me": user.pk})
+            await asyncio.sleep(every)
+    finally:
+        _finally_ran("rel.db_async")
+
+
+# --------------------------------------------------------------- bad input (issue 7)
+# tests/test_bad_input.py sends ``?v=<name>``; the view yields "before", the value, "after".
+
+
+def _nested(depth: int) -> list[Any]:
+    root: list[Any] = []
+    node = root
+    for _ in range(depth):
+        node.append([])
+        node = node[0]
+    return root
+
+
+BAD_INPUT_YIELDS: dict[str, Any] = {
+    # valid: must arrive exactly (line breaks normalised to LF), never as extra fields
+    "crlf-data": "l1\r\nl2\rl3\nl4",
+    "nul-data": "a\x00b",
+    "unicode-lines": "a\u2028b\x85c\x0bd",
+    "fake-fields": "x\nid: 666\nevent: pwned\nretry: 1\n\ndata: injected",
+    "huge": "A" * 1_000_000 + "\r\nB",
+    # invalid: each ends the stream with one error frame
+    "event-crlf": ("ev\r\nid: 666", "x"),
+    "id-lf": SSEEvent("x", id="1\nevent: pwned"),
+    "id-nul": SSEEvent("x", id="1\x00"),
+    "surrogate": "a\ud800b",
+    "bytes": b"raw",
+    "unknown-key": {"data": "x", "colour": "red"},
+    "unserialisable": {"when": object()},
+    "deep": _nested(5000),
+    "nan": float("nan"),
+}
+
+
+@sse_stream(name="bad_input.server_sync", heartbeat=None)
+def bad_input_sync(request: HttpRequest) -> Iterator[Any]:
+    yield "before"
+    yield BAD_INPUT_YIELDS[request.GET["v"]]
+    yield "after"
+
+
+@sse_stream(name="bad_input.server_async", heartbeat=None)
+async def bad_input_async(request: HttpRequest) -> AsyncIterator[Any]:
+    yield "before"
+    yield BAD_INPUT_YIELDS[request.GET["v"]]
+    yield "after"
+
+
+# --------------------------------------------------------------- security (issue 7)
+# tests/test_security.py: what reaches a client when a view or a permission class fails,
+# and what a view sees of (and echoes back from) a client's Last-Event-ID header.
+
+#: Stands for what an exception may carry: a password, a query, a file path.
+SECURITY_SECRET = "s3cr3t-db-password-7f3a9c"
+
+
+class ExplodingPermission(BaseSSEPermission):
+    """A permission class that fails (its exception must not reach the client)."""
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        raise RuntimeError(f"{SECURITY_SECRET} in a permission class at {__file__}")
+
+
+@sse_stream(name="security.leaky", heartbeat=None)
+def sec_leaky(request: HttpRequest) -> Iterator[Any]:
+    yield "before"
+    raise RuntimeError(f"{SECURITY_SECRET} at {__file__}")
+
+
+@sse_stream(name="security.leaky_async", heartbeat=None)
+async def sec_leaky_async(request: HttpRequest) -> AsyncIterator[Any]:
+    yield "before"
+    raise RuntimeError(f"{SECURITY_SECRET} at {__file__}")
+
+
+@sse_stream(name="security.leaky_permission", permission_classes=[ExplodingPermission])
+def sec_leaky_permission(request: HttpRequest) -> Iterator[Any]:
+    yield "never"
+
+
+@sse_stream(name="security.echo_last_id", heartbeat=None)
+def sec_echo_last_id(request: HttpRequest) -> Iterator[Any]:
+    """Resumes as views do: reads the header and sends it back as the event id."""
+    last = request.headers.get("Last-Event-ID", "")
+    yield SSEEvent({"length": len(last)}, event="resumed", id=last or None)
+
+
+@sse_stream(name="security.echo_last_id_async", heartbeat=None)
+async def sec_echo_last_id_async(request: HttpRequest) -> AsyncIterator[Any]:
+    last = request.headers.get("Last-Event-ID", "")
+    yield ("resumed", {"length": len(last)}, last or None)
+
+
+@sse_stream(name="rel.db_atomic", permission_classes=[IsAuthenticated], heartbeat=5)
+def rel_db_atomic(request: HttpRequest) -> Iterator[Any]:
+    """A control: polls inside ``transaction.atomic()``, which keeps its connection (as
+    documented), so N of these hold N connections: proves the counting sees them."""
+    from django.db import transaction
+
+    every = float(request.GET.get("every", "0.5"))
+    users = get_user_model().objects
+    try:
+        with transaction.atomic():
+            for i in itertools.count():
+                yield ("poll", {"i": i, "users": users.count()})
+                time.sleep(every)
+    finally:
+        _finally_ran("rel.db_atomic")
