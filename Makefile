@@ -187,3 +187,14 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BENCH_PY) bench/run.py --quick --out bench/results $(BENCH_ARGS)
+
+# --------------------------------------------------------------------------- soak
+# A longer reliability run (bench/soak.py): repeated connect/drop cycles of 1,000 streams,
+# stuck clients and graceful shutdowns, about 5 minutes; figures in docs/reliability.md.
+# SOAK_ARGS="--duration 900 --streams 500" to change it.
+SOAK_ARGS ?=
+
+.PHONY: soak
+
+soak: $(STAMP)
+	$(PY) bench/soak.py $(SOAK_ARGS)

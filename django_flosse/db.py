@@ -3,9 +3,10 @@
 Django keeps a thread's connection open until the request finishes (and longer with
 ``CONN_MAX_AGE``). A request that streams for hours would hold it for hours: a thousand
 streams, a thousand connections. So the stream lets go of its connections when streaming
-starts (the view's permission checks and user lookup are done with them) and, for ``def``
-views, after a step that took long (a poll loop sleeping between queries): the next query
-reconnects. A connection inside ``transaction.atomic()`` is never closed, so wrap work that
+starts (the view's permission checks and user lookup are done with them) and after a step
+that took long (a poll loop sleeping between queries): a ``def`` view's generator thread
+closes its own, an ``async def`` view's stream hops once to the request's thread, where
+Django ran its async ORM calls. The next query reconnects. A connection inside ``transaction.atomic()`` is never closed, so wrap work that
 must keep its connection (a cursor read across slow steps) in an atomic block.
 """
 

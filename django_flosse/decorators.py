@@ -203,6 +203,7 @@ def _respond(
         send_timeout=_pick(options.send_timeout, config.send_timeout),
         retry=options.retry,
         gzip=gzip,
+        release_db_when_idle=is_async and bool(settings.DATABASES),
     )
     return SSEResponse(stream, is_async=is_async, gzip=gzip)
 

@@ -23,9 +23,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import structlog
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from . import reasons, shutdown
+from .db import IDLE_STEP_SECONDS, release_connections
 from .events import KEEPALIVE, encode_event, retry_frame
 from .log import STREAM_ERROR, get_logger
 from .registry import Connection, Registry, registry
@@ -112,6 +114,7 @@ class Stream:
         send_timeout: float | None = None,
         retry: int | None = None,
         gzip: bool = False,
+        release_db_when_idle: bool = False,
         registry: Registry = registry,
     ) -> None:
         self.connection = connection or Connection(id=uuid.uuid4().hex, stream=name)
@@ -120,6 +123,8 @@ class Stream:
         self._source = source
         self._encode = encode
         self._heartbeat = heartbeat
+        # For async views only: a sync generator's thread handles its own (see bridge.py).
+        self._release_db_when_idle = release_db_when_idle
         self._max_duration = max_duration
         self._send_timeout = send_timeout
         self._sending_since: float | None = None  # while the server holds a chunk
@@ -175,6 +180,11 @@ class Stream:
         if conn.stop_reason is not None:
             stop.set_result(None)
         timers = self._arm_timers(loop)
+        # When the producer waited long for an item (a poll loop's sleep), release the
+        # database connection its async ORM calls used, once the item is out (db.py).
+        release_db = self._release_db_when_idle
+        release_due = False
+        waiting_since: float | None = None  # since the current step first had to wait
         shutdown.ensure_installed()
         cap = MAX_CHUNK_BYTES
         # Anything the view logs while it streams carries the connection id and stream.
@@ -189,6 +199,8 @@ class Stream:
                         timeout = None
                         if heartbeat is not None:
                             timeout = last_sent + heartbeat - time.monotonic()
+                        if waiting_since is None:
+                            waiting_since = time.monotonic()
                         if timeout is None or timeout > 0:
                             await asyncio.wait((fut, stop), timeout=timeout, return_when=FIRST)
                         if not fut.done() and not stop.done():
@@ -219,6 +231,10 @@ class Stream:
                         ready, item = step.poll()
                         if not ready:
                             break
+                        if waiting_since is not None:  # this item came after a wait
+                            waited = time.monotonic() - waiting_since
+                            release_due = release_db and waited >= IDLE_STEP_SECONDS
+                            waiting_since = None
                         frame = encode(item) if encode is not None else item
                         out.append(frame)
                         size += len(frame)
@@ -234,6 +250,10 @@ class Stream:
                     self._sending_since = time.monotonic()
                     yield self._count(chunk)
                     self._sending_since = None
+                    if release_due:
+                        release_due = False
+                        # On the request's thread, where those ORM calls ran.
+                        await sync_to_async(release_connections)()
                     if heartbeat is not None:
                         last_sent = time.monotonic()
                 if finished or stop.done():

@@ -61,6 +61,7 @@ urlpatterns += [
     path("rel/db-sync/", views.rel_db_sync),
     path("rel/db-async/", views.rel_db_async),
     path("rel/db-atomic/", views.rel_db_atomic),
+    path("rel/db-async-closes/", views.rel_db_async_closes),
 ]
 
 # Bad input and security tests (issue 7).

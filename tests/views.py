@@ -554,3 +554,22 @@ def rel_db_atomic(request: HttpRequest) -> Iterator[Any]:
                 time.sleep(every)
     finally:
         _finally_ran("rel.db_atomic")
+
+
+@sse_stream(name="rel.db_async_closes", permission_classes=[IsAuthenticated], heartbeat=5)
+async def rel_db_async_closes(request: HttpRequest) -> AsyncIterator[Any]:
+    """``rel_db_async`` with the workaround of docs/reliability.md: it closes the request
+    thread's connection itself between polls."""
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    every = float(request.GET.get("every", "0.5"))
+    users = get_user_model().objects
+    user = await request.auser()
+    try:
+        for i in itertools.count():
+            yield ("poll", {"i": i, "users": await users.acount(), "me": user.pk})
+            await sync_to_async(connections.close_all)()
+            await asyncio.sleep(every)
+    finally:
+        _finally_ran("rel.db_async_closes")
