@@ -6,8 +6,9 @@ streams, a thousand connections. So the stream lets go of its connections when s
 starts (the view's permission checks and user lookup are done with them) and after a step
 that took long (a poll loop sleeping between queries): a ``def`` view's generator thread
 closes its own, an ``async def`` view's stream hops once to the request's thread, where
-Django ran its async ORM calls. The next query reconnects. A connection inside ``transaction.atomic()`` is never closed, so wrap work that
-must keep its connection (a cursor read across slow steps) in an atomic block.
+Django ran its async ORM calls. The next query reconnects. A connection inside
+``transaction.atomic()`` is never closed, so wrap work that must keep its connection (a
+cursor read across slow steps) in an atomic block.
 """
 
 from __future__ import annotations
