@@ -43,6 +43,31 @@ def _reset_structlog() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+@pytest.fixture
+def fresh_registry() -> Iterator[None]:
+    """The test starts from an empty registry, without the observers subscribed elsewhere
+    (the persistence writer that ``AppConfig.ready()`` subscribes); those are back after it,
+    and the ones the test subscribed are gone."""
+    from django_flosse.conf import get_config
+    from django_flosse.registry import registry
+
+    def subscribed() -> list[Any]:
+        # Observers added with registry.subscribe (not those of FLOSSE["OBSERVERS"]).
+        from_settings = get_config().observers
+        return [o for o in registry.observers() if not any(o is s for s in from_settings)]
+
+    before = subscribed()
+    for observer in before:
+        registry.unsubscribe(observer)
+    registry.reset()
+    yield
+    for observer in subscribed():
+        registry.unsubscribe(observer)
+    registry.reset()
+    for observer in before:
+        registry.subscribe(observer)
+
+
 @pytest.fixture(scope="module")
 def uvicorn_server(django_db_setup: None) -> Iterator[LiveServer]:
     """uvicorn serving tests.asgi on 127.0.0.1, shared by the tests of one module.

@@ -19,8 +19,6 @@ from django.http import HttpResponseBase
 from django.test import Client, RequestFactory
 from structlog.contextvars import merge_contextvars
 
-from django_flosse.conf import get_config
-from django_flosse.registry import registry
 from django_flosse.testing import parse_events
 from tests import views
 
@@ -30,27 +28,7 @@ REJECTED = "sse.connection.rejected"
 STREAM_ERROR = "sse.stream.error"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_registry() -> Iterator[None]:
-    """Each test starts from an empty registry, without the observers subscribed elsewhere
-    (the persistence writer that ``AppConfig.ready()`` subscribes); those are back after it,
-    and the ones the test subscribed are gone."""
-    subscribed = _subscribed()
-    for observer in subscribed:
-        registry.unsubscribe(observer)
-    registry.reset()
-    yield
-    for observer in _subscribed():
-        registry.unsubscribe(observer)
-    registry.reset()
-    for observer in subscribed:
-        registry.subscribe(observer)
-
-
-def _subscribed() -> list[Any]:
-    """Observers added with ``registry.subscribe`` (not those of ``FLOSSE["OBSERVERS"]``)."""
-    from_settings = get_config().observers
-    return [o for o in registry.observers() if not any(o is s for s in from_settings)]
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 @pytest.fixture

@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.signals import request_finished
-from django.db import close_old_connections
 from django.http import HttpResponseBase
 from django.test import Client, RequestFactory, override_settings
 from prometheus_client import REGISTRY
@@ -28,6 +26,7 @@ from django_flosse.metrics import FOLD_INTERVAL, MetricsObserver
 from django_flosse.registry import Connection, registry
 from django_flosse.response import SSEResponse
 from tests import views
+from tests.helpers import close_response
 
 METRICS_URL = "/flosse/metrics/"
 #: How long to wait for the folding thread (it runs once a second).
@@ -35,37 +34,7 @@ FOLD_WAIT = 10.0
 OUTSIDER = "203.0.113.5"  # TEST-NET-3: not loopback, not allowed by default
 
 
-@pytest.fixture(autouse=True)
-def _fresh_registry() -> Iterator[None]:
-    """Each test starts from an empty registry, without the observers subscribed elsewhere
-    (the persistence writer that ``AppConfig.ready()`` subscribes); those are back after it,
-    and the ones the test subscribed are gone."""
-    subscribed = _subscribed()
-    for observer in subscribed:
-        registry.unsubscribe(observer)
-    registry.reset()
-    yield
-    for observer in _subscribed():
-        registry.unsubscribe(observer)
-    registry.reset()
-    for observer in subscribed:
-        registry.subscribe(observer)
-
-
-def _subscribed() -> list[Any]:
-    """Observers added with ``registry.subscribe`` (not those of ``FLOSSE["OBSERVERS"]``)."""
-    from_settings = get_config().observers
-    return [o for o in registry.observers() if not any(o is s for s in from_settings)]
-
-
-def close_response(response: HttpResponseBase) -> None:
-    """``response.close()`` as a server calls it, without the test client's DB cleanup
-    (``close_old_connections`` on ``request_finished`` is not for a test's own thread)."""
-    request_finished.disconnect(close_old_connections)
-    try:
-        response.close()
-    finally:
-        request_finished.connect(close_old_connections)
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 def sample(name: str, **labels: str) -> float:

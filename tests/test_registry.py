@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,18 +22,16 @@ import pytest
 import structlog
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AnonymousUser, User
-from django.core.signals import request_finished
-from django.db import close_old_connections
 from django.http import HttpResponseBase
 from django.test import AsyncClient, Client, RequestFactory, override_settings
 from django.urls import resolve
 
 from django_flosse import reasons
-from django_flosse.conf import get_config
 from django_flosse.registry import Connection, Registry, StreamTotals, registry
 from django_flosse.response import SSEResponse
 from django_flosse.testing import collect_events
 from tests import views
+from tests.helpers import close_response
 
 #: Threads / tasks started at once, and the limit they race for.
 CONCURRENT = 200
@@ -42,37 +40,7 @@ LIMIT = 50
 RACE_TIMEOUT = 60.0
 
 
-@pytest.fixture(autouse=True)
-def _fresh_registry() -> Iterator[None]:
-    """Each test starts from an empty registry, without the observers subscribed elsewhere
-    (the persistence writer that ``AppConfig.ready()`` subscribes); those are back after it,
-    and the ones the test subscribed are gone."""
-    subscribed = _subscribed()
-    for observer in subscribed:
-        registry.unsubscribe(observer)
-    registry.reset()
-    yield
-    for observer in _subscribed():
-        registry.unsubscribe(observer)
-    registry.reset()
-    for observer in subscribed:
-        registry.subscribe(observer)
-
-
-def _subscribed() -> list[Any]:
-    """Observers added with ``registry.subscribe`` (not those of ``FLOSSE["OBSERVERS"]``)."""
-    from_settings = get_config().observers
-    return [o for o in registry.observers() if not any(o is s for s in from_settings)]
-
-
-def close_response(response: HttpResponseBase) -> None:
-    """``response.close()`` as a server calls it, without the test client's DB cleanup
-    (``close_old_connections`` on ``request_finished`` is not for a test's own thread)."""
-    request_finished.disconnect(close_old_connections)
-    try:
-        response.close()
-    finally:
-        request_finished.connect(close_old_connections)
+pytestmark = pytest.mark.usefixtures("fresh_registry")
 
 
 class Recorder:
