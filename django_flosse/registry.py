@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     """One SSE connection. Fields after ``opened_at`` change while it streams."""
 
