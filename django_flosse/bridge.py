@@ -87,6 +87,7 @@ class ThreadedSource:
         self._cond = threading.Condition(threading.Lock())  # this connection's only
         self._end: BaseException | None = None  # set by the thread when it stops
         self._closed = False  # set by the consumer: stop after the current item
+        self._producer_waits = False  # the producer waits for room in the buffer
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.thread: threading.Thread | None = None
@@ -101,7 +102,8 @@ class ThreadedSource:
             with self._cond:
                 if self._buffer:
                     frame = self._buffer.popleft()
-                    self._cond.notify()  # the producer may be waiting for room
+                    if self._producer_waits:  # for room: wake it (notify costs, even idle)
+                        self._cond.notify()
                     return frame
                 if self._end is not None:
                     raise self._end
@@ -130,7 +132,9 @@ class ThreadedSource:
                 frame = self._encode(item)
                 with self._cond:
                     while len(self._buffer) >= self._ahead and not self._closed:
+                        self._producer_waits = True
                         self._cond.wait()
+                    self._producer_waits = False
                     if self._closed:
                         break
                     self._buffer.append(frame)
