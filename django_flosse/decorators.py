@@ -44,7 +44,7 @@ _LOOP_SAFE = {cls.has_permission for cls in (AllowAny, IsAuthenticated, IsAdminU
 
 class _FromSettings:
     def __repr__(self) -> str:
-        return "<from FLOSSE['HEARTBEAT']>"
+        return "<from the FLOSSE setting>"
 
 
 FROM_SETTINGS: Any = _FromSettings()
