@@ -319,7 +319,21 @@ def raw_request(server: LiveServer, path: str, headers: bytes = b"") -> tuple[in
                 raise AssertionError("the response never ends")
     head, _, body = received.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
+    if re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+        # uvicorn's httptools protocol answers even HTTP/1.0 with chunked encoding.
+        body = _dechunk(body)
     return status, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    body = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        body, data = body + data[:size], data[size + 2 :]
+    return body
 
 
 @pytest.mark.server
