@@ -476,7 +476,7 @@ REAL_SERVER_CASES: list[tuple[str, tuple[str, str] | None]] = [
     ("bytes", None),
     ("unknown-key", None),
     ("unserialisable", None),
-    ("deep", None),
+    ("circular", None),
     ("nan", None),
 ]
 
