@@ -436,3 +436,19 @@ def test_metrics_view_refuses_a_non_ascii_bearer_token() -> None:
     client = Client(REMOTE_ADDR=OUTSIDER, raise_request_exception=False)
     response = client.get(METRICS_URL, headers={"Authorization": "Bearer t\u00f6k\u00e9n"})
     assert response.status_code == 403
+
+
+def test_events_are_counted_once_when_the_settings_change_mid_stream() -> None:
+    """Regression: a settings change builds a new MetricsObserver; a connection opened under
+    the old one and closed under the new one was folded again from zero (counted twice)."""
+    stream = f"metrics.settings_change.{uuid.uuid4().hex[:8]}"
+    first, second = MetricsObserver(), MetricsObserver()
+    connection = Connection(id=uuid.uuid4().hex, stream=stream)
+    first.connection_opened(connection)
+    connection.events_sent, connection.bytes_sent = 7, 70
+    first.fold()
+    connection.events_sent, connection.bytes_sent = 10, 100
+    connection.close_reason = reasons.COMPLETED
+    second.connection_closed(connection)  # as if FLOSSE changed in between
+    assert sample("flosse_events_sent_total", stream=stream) == 10
+    assert sample("flosse_sent_bytes_total", stream=stream) == 100
