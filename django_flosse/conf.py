@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from .events import Dumps, json_dumps_with
+from .formatters import make_encoder
 
 __all__ = ["DEFAULTS", "Config", "get_config"]
 
@@ -91,6 +92,9 @@ class Config:
     max_duration: float | None
     send_timeout: float | None
     dumps: Dumps = field(repr=False)
+    #: The per-event encoder, shared by every stream of the process (its cache of
+    #: validated event-name prefixes too).
+    encode: Callable[[Any], bytes] = field(repr=False, default=bytes)
 
 
 def _fail(key: str, expected: str, value: Any) -> ImproperlyConfigured:
@@ -173,6 +177,7 @@ def _build(overrides: Mapping[str, Any]) -> Config:
         )
     merged = {**DEFAULTS, **overrides}
     encoder = _encoder(merged["JSON_ENCODER"])
+    dumps = json_dumps_with(encoder)
     read_ahead = _count_or_none("SYNC_READ_AHEAD", merged["SYNC_READ_AHEAD"])
     if read_ahead is None:
         raise _fail("SYNC_READ_AHEAD", "an int >= 1", None)
@@ -201,7 +206,8 @@ def _build(overrides: Mapping[str, Any]) -> Config:
         shutdown_signals=_bool("SHUTDOWN_SIGNALS", merged["SHUTDOWN_SIGNALS"]),
         max_duration=_positive_or_none("MAX_DURATION", merged["MAX_DURATION"]),
         send_timeout=_positive_or_none("SEND_TIMEOUT", merged["SEND_TIMEOUT"]),
-        dumps=json_dumps_with(encoder),
+        dumps=dumps,
+        encode=make_encoder(dumps),
     )
 
 

@@ -24,7 +24,6 @@ from .bridge import ThreadedSource
 from .clients import connection_for
 from .conf import Config, get_config
 from .db import release_connections
-from .formatters import make_encoder
 from .lifecycle import Stream
 from .permissions import AllowAny, BaseSSEPermission, IsAdminUser, IsAuthenticated
 from .registry import registry
@@ -176,7 +175,7 @@ def _respond(
         return _refusal(rejected, config)
     try:
         items = make_items()
-        encode = make_encoder(config.dumps)
+        encode = config.encode
         is_async = hasattr(items, "__aiter__")
         if is_async:
             source, item_encoder = items, encode
