@@ -13,10 +13,12 @@ cursor read across slow steps) in an atomic block.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
-__all__ = ["IDLE_STEP_SECONDS", "release_connections"]
+from django.db import models
+
+__all__ = ["IDLE_STEP_SECONDS", "release_connections", "update_each"]
 
 #: A step of a sync generator at least this long counts as idle waiting (a poll loop).
 IDLE_STEP_SECONDS = 0.05
@@ -31,3 +33,32 @@ def release_connections(connections: Iterable[Any] | None = None) -> None:
     for connection in connections:
         if connection.connection is not None and not connection.in_atomic_block:
             connection.close()
+
+
+def update_each(objs: Sequence[models.Model], fields: Sequence[str], using: str) -> None:
+    """Write ``fields`` of every object to its row: one ``UPDATE ... WHERE pk = %s`` run
+    with ``executemany``.
+
+    Why not ``QuerySet.bulk_update()``: it builds one ``CASE WHEN pk = ... THEN ...`` per
+    field over the whole batch, which costs Python an expression per row and field, and
+    the database a scan of the ``CASE`` for every row it updates (quadratic in the batch).
+    Closing a thousand connections at once that way took about a second of CPU;
+    ``executemany`` of one prepared statement is linear (psycopg pipelines it).
+    """
+    if not objs:
+        return
+    from django.db import connections
+
+    connection = connections[using]
+    meta = objs[0]._meta
+    columns = [cast("models.Field[Any, Any]", meta.get_field(name)) for name in fields]
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(str(field.column))} = %s" for field in columns)
+    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
+    params = [
+        [field.get_db_prep_save(getattr(obj, field.attname), connection) for field in columns]
+        + [meta.pk.get_db_prep_value(obj.pk, connection)]
+        for obj in objs
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)

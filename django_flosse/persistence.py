@@ -8,8 +8,8 @@ Why it is built this way:
 - Writes are batched. The thread flushes at once after a quiet period (a lone connection
   shows up in the admin within milliseconds) but never more often than ``FLUSH_INTERVAL``,
   so 1,000 connections opening in one second cost one ``INSERT``, and refreshing 10,000 open
-  rows costs one ``UPDATE`` of ``last_seen_at`` plus one batched ``UPDATE`` of the rows
-  whose counters moved.
+  rows costs one ``UPDATE`` of ``last_seen_at`` plus one prepared ``UPDATE`` run with
+  ``executemany`` for the rows whose counters moved (``db.update_each``).
 - Nothing is lost to a database error. A failed flush is rolled back as a whole, logged,
   and its work is put back to be retried by the next one. A row the database refuses for
   good (a user deleted meanwhile, a value it rejects) is retried alone, then without its
@@ -50,6 +50,7 @@ from django.utils import timezone
 
 from . import reasons
 from .conf import get_config
+from .db import update_each
 from .log import get_logger
 from .models import StreamConnection
 from .registry import Connection, Registry, current_process, registry
@@ -397,7 +398,7 @@ class PersistenceWriter:
             obj.pk = pk
             objs.append(obj)
         if objs:
-            _objects().bulk_update(objs, _CLOSE_FIELDS, batch_size=BATCH_SIZE)
+            update_each(objs, _CLOSE_FIELDS, _db())
 
     @staticmethod
     def _refresh(
@@ -420,7 +421,7 @@ class PersistenceWriter:
             )
             objs.append(obj)
         if objs:
-            _objects().bulk_update(objs, _COUNTER_FIELDS, batch_size=BATCH_SIZE)
+            update_each(objs, _COUNTER_FIELDS, _db())
         if any(connection_id not in finished for connection_id in known):
             _objects().filter(process=me, closed_at__isnull=True).update(last_seen_at=now)
         return moved

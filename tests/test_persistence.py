@@ -177,9 +177,14 @@ def test_one_flush_is_a_few_queries_however_many_connections(
         live.events_sent = i + 1
     for live in connections[:600]:
         registry.close(live, "cancelled")
-    with django_assert_max_num_queries(20):  # two batched UPDATEs per 500 rows at most
+    # One executemany UPDATE for the 600 closes and one for the 600 moved counters (not
+    # bulk_update's CASE per batch, quadratic in the database), last seen, the stop poll,
+    # the lost check and transaction control.
+    with django_assert_max_num_queries(8):
         writer.flush()
     assert StreamConnection.objects.filter(close_reason="cancelled").count() == 600
+    assert StreamConnection.objects.get(connection_id=connections[0].id).events_sent == 1
+    assert StreamConnection.objects.get(connection_id=connections[599].id).events_sent == 600
     assert StreamConnection.objects.get(connection_id=connections[-1].id).events_sent == 1200
 
 
