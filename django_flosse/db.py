@@ -13,12 +13,16 @@ cursor read across slow steps) in an atomic block.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from typing import Any, cast
 
 from django.db import models
+from django.db.backends.signals import connection_created
 
-__all__ = ["IDLE_STEP_SECONDS", "release_connections", "update_each"]
+__all__ = ["IDLE_STEP_SECONDS", "opened_for_this_request", "release_connections", "update_each"]
 
 #: A step of a sync generator at least this long counts as idle waiting (a poll loop).
 IDLE_STEP_SECONDS = 0.05
@@ -33,6 +37,43 @@ def release_connections(connections: Iterable[Any] | None = None) -> None:
     for connection in connections:
         if connection.connection is not None and not connection.in_atomic_block:
             connection.close()
+
+
+# The database connections opened in this context, with the thread each was opened on.
+# Django runs an ASGI request's sync code (middleware, the user lookup, the async ORM) on a
+# thread of its own, and asgiref copies context changes made there back to the awaiting
+# task: so the event loop can tell, without a thread hop, whether the request opened a
+# connection that a hop could release. Weak references to the connection wrappers, re-read
+# each time (closed ones do not count, and are dropped as new ones come).
+_opened: ContextVar[tuple[tuple[int, weakref.ref[Any]], ...]] = ContextVar(
+    "flosse_db_opened", default=()
+)
+
+
+def _is_open(ref: weakref.ref[Any]) -> bool:
+    wrapper = ref()
+    return wrapper is not None and wrapper.connection is not None
+
+
+def _connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
+    still_open = [
+        (thread, ref) for thread, ref in _opened.get() if _is_open(ref) and ref() is not connection
+    ]
+    _opened.set((*still_open, (threading.get_ident(), weakref.ref(connection))))
+
+
+connection_created.connect(_connection_created, dispatch_uid="django_flosse.db")
+
+
+def opened_for_this_request() -> bool:
+    """Is there a connection a hop to the request's thread could release?
+
+    Called on the event loop: it looks for connections opened in this context, on another
+    thread (the loop's own thread never holds one the request's thread could close), that
+    are still open.
+    """
+    loop_thread = threading.get_ident()
+    return any(thread != loop_thread and _is_open(ref) for thread, ref in _opened.get())
 
 
 def update_each(objs: Sequence[models.Model], fields: Sequence[str], using: str) -> None:

@@ -23,7 +23,7 @@ from . import reasons
 from .bridge import ThreadedSource
 from .clients import connection_for
 from .conf import Config, get_config
-from .db import release_connections
+from .db import opened_for_this_request, release_connections
 from .lifecycle import Stream
 from .permissions import AllowAny, BaseSSEPermission, IsAdminUser, IsAuthenticated
 from .registry import registry
@@ -106,15 +106,24 @@ def _prepare_in_thread(request: HttpRequest, sync_checks: list[Any]) -> tuple[An
     return user, allowed
 
 
+def _has_session_key(request: HttpRequest) -> bool:
+    """A session cookie came with the request: loading its user means queries."""
+    return getattr(getattr(request, "session", None), "session_key", None) is not None
+
+
 async def _aprepare(
     request: HttpRequest, permission_classes: PermissionClasses
 ) -> tuple[Any, bool]:
     """The async path's user and permission checks, with at most one thread hop.
 
-    Nothing that may block runs on the event loop: the user lookup and sync permission
-    classes go to the request's thread together (one hop, which also releases the database
-    connections); ``async def`` classes are awaited; the built-in classes, which only read
-    the loaded user, run inline.
+    Nothing that may block runs on the event loop. When the user needs loading from a
+    session or a sync permission class must run (either may query the database), they go
+    to the request's thread together: one hop, which also releases the database
+    connections. Otherwise (no session: an anonymous visitor, the common case of a public
+    feed) ``await request.auser()`` answers without a hop, and a hop is spent on releasing
+    connections only if one was opened for this request (``db.opened_for_this_request``).
+    ``async def`` classes are awaited; the built-in classes, which only read the loaded
+    user, run inline.
     """
     checks = [perm.has_permission for perm in _instances(permission_classes)]
     sync_checks = [
@@ -123,10 +132,21 @@ async def _aprepare(
         if not inspect.iscoroutinefunction(check)
         and getattr(check, "__func__", None) not in _LOOP_SAFE
     ]
-    if sync_checks or inspect.iscoroutinefunction(getattr(request, "auser", None)):
+    auser = getattr(request, "auser", None)
+    loads_user = inspect.iscoroutinefunction(auser)
+    if sync_checks or (loads_user and _has_session_key(request)):
         user, allowed = await sync_to_async(_prepare_in_thread)(request, sync_checks)
     else:
-        user, allowed = getattr(request, "user", None), True
+        allowed = True
+        if loads_user:
+            assert auser is not None
+            # Code that reads request.user later (the built-in classes, the view) gets the
+            # loaded user instead of a lazy object that would query on the event loop.
+            request.user = user = await auser()
+        else:
+            user = getattr(request, "user", None)
+        if opened_for_this_request():
+            await sync_to_async(release_connections)()
     for check in checks:
         if not allowed:
             break

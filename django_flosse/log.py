@@ -62,6 +62,8 @@ _STDLIB_BRIDGE = structlog.wrap_logger(
         _render_for_stdlib,
     ],
     wrapper_class=structlog.stdlib.BoundLogger,
+    # Built once: a lazy proxy would bind a new logger for every line.
+    cache_logger_on_first_use=True,
 )
 
 

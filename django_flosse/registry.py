@@ -113,9 +113,16 @@ class Observer(Protocol):
     def connection_rejected(self, stream: str, reason: str) -> None: ...
 
 
+_process: tuple[int, str] = (0, "")
+
+
 def current_process() -> str:
-    """``host:pid`` of this process (computed on each call: a worker may have forked)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid`` of this process (a worker may have forked since it was last asked)."""
+    global _process
+    pid = os.getpid()
+    if _process[0] != pid:
+        _process = (pid, f"{socket.gethostname()}:{pid}")
+    return _process[1]
 
 
 class Registry:

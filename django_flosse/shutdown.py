@@ -31,6 +31,7 @@ __all__ = ["ensure_installed", "install_signal_handlers", "shutdown"]
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _installed: dict[int, Any] = {}
+_checked_from_a_stream = False
 
 
 def shutdown(reason: str = reasons.SHUTDOWN) -> int:
@@ -46,12 +47,18 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 def ensure_installed() -> None:
-    """Install once both signals are chained; cheap to call when a stream starts."""
-    if len(_installed) < len(SIGNALS):
-        from .conf import get_config
+    """Called as each stream starts; does its work once, on the first stream that runs on
+    the main thread (uvicorn has set its handlers by then). Costs a flag check after that."""
+    global _checked_from_a_stream
+    if _checked_from_a_stream or len(_installed) == len(SIGNALS):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # gunicorn's stream threads: ready() chained the worker's handlers already
+    from .conf import get_config
 
-        if get_config().shutdown_signals:
-            install_signal_handlers()
+    if get_config().shutdown_signals:
+        _checked_from_a_stream = True
+        install_signal_handlers()
 
 
 def install_signal_handlers(signals: tuple[int, ...] = SIGNALS) -> bool:

@@ -10,6 +10,8 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest
 from django.test import AsyncClient, Client, RequestFactory, override_settings
@@ -145,7 +147,35 @@ class AsyncCountView(View):
         yield ("tick", {"view": type(self).__name__})
 
 
+@sse_stream
+async def async_db_state(request: HttpRequest) -> AsyncIterator[Any]:
+    """Reports what the view sees: is the request thread's connection open, who is the user."""
+
+    def connection_is_open() -> bool:
+        from django.db import connection
+
+        return connection.connection is not None
+
+    yield {
+        "connection_open": await sync_to_async(connection_is_open)(),
+        "user_class": request.user.__class__.__name__,
+        "authenticated": request.user.is_authenticated,  # on the loop: no lazy query left
+    }
+
+
+class QueryingMiddleware:
+    """A sync-only middleware that queries (Django runs it on the request's thread)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        User.objects.exists()
+        return self.get_response(request)
+
+
 urlpatterns = [
+    path("async/db-state/", async_db_state),
     path("bare/", bare_sync),
     path("called/", called_async),
     path("retry/", with_retry),
@@ -321,6 +351,58 @@ async def test_a_sync_permission_that_queries_the_db_works_from_an_async_view() 
     await client.aforce_login(await User.objects.acreate(username="alice"))
     events = await acollect_events(await client.get("/async/db-permission/"), max_events=2)
     assert events == [Event("message", "allowed")]
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The thread hops the decorator makes before streaming (names of what it sends)."""
+    from django_flosse import decorators
+
+    made: list[str] = []
+
+    def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append(func.__name__)
+        return sync_to_async(func, *args, **kwargs)
+
+    monkeypatch.setattr(decorators, "sync_to_async", counting)
+    return made
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_anonymous_async_stream_starts_without_a_thread_hop(hops: list[str]) -> None:
+    events = await acollect_events(await AsyncClient().get("/async/db-state/"), max_events=1)
+    assert events[0].json() == {
+        "connection_open": False,
+        "user_class": "AnonymousUser",
+        "authenticated": False,
+    }
+    assert hops == []  # auser() answered without a query: nothing to load, nothing to release
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_logged_in_async_stream_loads_its_user_and_releases_in_one_hop(
+    hops: list[str],
+) -> None:
+    client = AsyncClient()
+    await client.aforce_login(await User.objects.acreate(username="erin"))
+    events = await acollect_events(await client.get("/async/db-state/"), max_events=1)
+    assert events[0].json() == {
+        "connection_open": False,  # the session and user queries' connection was let go
+        "user_class": "User",
+        "authenticated": True,
+    }
+    assert hops == ["_prepare_in_thread"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_connection_opened_by_middleware_is_released_before_streaming(
+    hops: list[str],
+) -> None:
+    middleware = ["tests.test_decorators.QueryingMiddleware", *settings.MIDDLEWARE]
+    with override_settings(MIDDLEWARE=middleware):
+        events = await acollect_events(await AsyncClient().get("/async/db-state/"), max_events=1)
+    assert events[0].json()["connection_open"] is False
+    assert hops == ["release_connections"]
 
 
 @pytest.mark.django_db
