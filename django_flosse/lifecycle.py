@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import secrets
@@ -31,6 +32,7 @@ from .db import IDLE_STEP_SECONDS, release_connections
 from .events import KEEPALIVE, encode_event, retry_frame
 from .log import STREAM_ERROR, get_logger
 from .registry import Connection, Registry, registry
+from .sendwatch import watch_sends
 from .stepping import Step
 
 __all__ = ["ERROR_MESSAGE", "MAX_CHUNK_BYTES", "Stream"]
@@ -49,12 +51,37 @@ RECONNECT_AFTER_MS = 1000
 ERROR_MESSAGE = "The event stream failed on the server."
 
 
-FIRST = asyncio.FIRST_COMPLETED
-
-
 def _set_done(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _set_done_on(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> None:
+    _set_done(waiter)
+
+
+async def _first_of(
+    fut: asyncio.Future[Any], stop: asyncio.Future[None], timeout: float | None
+) -> None:
+    """Wait until ``fut`` or ``stop`` is done, or ``timeout`` seconds passed.
+
+    ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does the same, and like it this never
+    cancels either future (``fut`` is what the producer awaits). But an idle stream spends
+    its life here, and this holds a third of the memory: one future, one callback, one timer.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    wake = functools.partial(_set_done_on, waiter)
+    fut.add_done_callback(wake)
+    stop.add_done_callback(wake)
+    timer = None if timeout is None else loop.call_later(timeout, _set_done, waiter)
+    try:
+        await waiter
+    finally:
+        fut.remove_done_callback(wake)
+        stop.remove_done_callback(wake)
+        if timer is not None:
+            timer.cancel()
 
 
 def final_frame(reason: str) -> bytes:
@@ -128,7 +155,8 @@ class Stream:
         self._release_db_when_idle = release_db_when_idle
         self._max_duration = max_duration
         self._send_timeout = send_timeout
-        self._sending_since: float | None = None  # while the server holds a chunk
+        #: While the server holds a chunk: since when (``time.monotonic()``); see sendwatch.py.
+        self.sending_since: float | None = None
         self._first = retry_frame(retry) if retry is not None else b""
         self._gzip = zlib.compressobj(wbits=31) if gzip else None
 
@@ -180,7 +208,13 @@ class Stream:
         conn.wake = wake
         if conn.stop_reason is not None:
             stop.set_result(None)
-        timers = self._arm_timers(loop)
+        # Per connection, never per event: the maximum duration, the send watchdog.
+        limit = None
+        if self._max_duration is not None:
+            # Jittered down so that streams opened together do not all end together.
+            duration = self._max_duration * random.uniform(0.9, 1.0)
+            limit = loop.call_later(duration, conn.request_stop, reasons.TIMEOUT)
+        sends = None if self._send_timeout is None else watch_sends(self, self._send_timeout)
         # When the producer waited long for an item (a poll loop's sleep), release the
         # database connection its async ORM calls used, once the item is out (db.py).
         release_db = self._release_db_when_idle
@@ -203,7 +237,7 @@ class Stream:
                         if waiting_since is None:
                             waiting_since = time.monotonic()
                         if timeout is None or timeout > 0:
-                            await asyncio.wait((fut, stop), timeout=timeout, return_when=FIRST)
+                            await _first_of(fut, stop, timeout)
                         if not fut.done() and not stop.done():
                             yield self._count(KEEPALIVE)
                             last_sent = time.monotonic()
@@ -248,9 +282,9 @@ class Stream:
                     chunk = b"".join(out) if len(out) > 1 else out[0]
                     out.clear()
                     size = 0
-                    self._sending_since = time.monotonic()
+                    self.sending_since = time.monotonic()
                     yield self._count(chunk)
-                    self._sending_since = None
+                    self.sending_since = None
                     if release_due:
                         release_due = False
                         # On the request's thread, where those ORM calls ran.
@@ -290,40 +324,14 @@ class Stream:
                     await aclose()
             finally:
                 conn.wake = None
-                for timer in timers:
-                    timer.cancel()
+                if limit is not None:
+                    limit.cancel()
+                if sends is not None:
+                    sends.discard(self)
                 self._registry.close(conn, reason)
                 # (On Python 3.10's private loop each step had its own context: nothing to reset.)
                 with contextlib.suppress(ValueError):
                     structlog.contextvars.reset_contextvars(**bound)
-
-    def _arm_timers(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
-        """The per-connection timers (never per event): maximum duration, send watchdog."""
-        timers = []
-        conn = self.connection
-        if self._max_duration is not None:
-            # Jittered down so that streams opened together do not all end together.
-            limit = self._max_duration * random.uniform(0.9, 1.0)
-            timers.append(loop.call_later(limit, conn.request_stop, reasons.TIMEOUT))
-        if self._send_timeout is not None:
-            task = asyncio.current_task()
-            send_timeout = self._send_timeout
-            period = send_timeout / 2
-
-            def watch() -> None:
-                since = self._sending_since
-                if since is not None and time.monotonic() - since > send_timeout:
-                    # The server has held a chunk too long: the client stopped reading.
-                    # Cancelling the send is the only way out of it.
-                    conn.request_stop(reasons.TIMEOUT)
-                    if task is not None:
-                        task.cancel()
-                else:
-                    timers[index] = loop.call_later(period, watch)
-
-            index = len(timers)
-            timers.append(loop.call_later(period, watch))
-        return timers
 
     def _count(self, chunk: bytes) -> bytes:
         if self._gzip is not None:
