@@ -43,6 +43,10 @@ MAX_CHUNK_BYTES = 16 * 1024
 MIN_CHUNK_BYTES = 1024
 #: A turn of the loop that takes longer than this means other connections had work.
 BUSY_TURN_SECONDS = 0.0001
+#: How long a flooding stream shares the loop after a turn that showed other work.
+SHARE_LOOP_SECONDS = 0.02
+#: At most this many extra turns per chunk while sharing (see ``_yield_to_loop``).
+SHARE_TURNS = 8
 
 #: Reconnection delay suggested when the server ends a stream itself (jittered up to 2x).
 RECONNECT_AFTER_MS = 1000
@@ -96,21 +100,31 @@ def final_frame(reason: str) -> bytes:
     return encode_event(json.dumps({"reason": reason}), event=reason, retry=retry).encode()
 
 
-async def _yield_to_loop(cap: int) -> int:
-    """Give the event loop one turn; return the chunk cap for the next chunk.
+async def _yield_to_loop(busy_at: float, took: float) -> float:
+    """Give the event loop a turn after a chunk that ``took`` seconds to make and send;
+    return when a turn last showed other work.
 
     A producer that always has events ready would otherwise keep the loop for itself:
     servers' ``send`` does not suspend while the socket takes the data. One turn per chunk
-    lets others run; and when that turn shows others had work (it took long), chunks
-    shrink so that a new request needs less time to get through its dozens of turns. They
-    grow back slowly (a request's turns come with quiet ones in between): alone on the loop,
-    chunks reach the full size within a few dozen turns, which is where throughput is.
+    lets others run. A turn that took long shows that others had work: a new request, say,
+    which needs dozens of turns (its middleware, each hop to its thread) to send its first
+    event. For ``SHARE_LOOP_SECONDS`` after such a turn the stream shares the loop: it
+    yields turns until others have had as much time as its chunk took (at most
+    ``SHARE_TURNS``), so it takes at most about half of the loop's time, and the caller
+    keeps chunks small. Alone on the loop it yields one turn and chunks are full size,
+    which is where throughput is. Among many streams that all flood, one turn already
+    gives the others far more time than a chunk takes: no extra turns there.
     """
-    start = time.monotonic()
-    await asyncio.sleep(0)
-    if time.monotonic() - start > BUSY_TURN_SECONDS:
-        return MIN_CHUNK_BYTES
-    return min(cap + MIN_CHUNK_BYTES, MAX_CHUNK_BYTES)
+    start = now = time.monotonic()
+    for turn in range(SHARE_TURNS + 1):
+        if turn and (now - busy_at >= SHARE_LOOP_SECONDS or now - start >= took):
+            break
+        before = now
+        await asyncio.sleep(0)
+        now = time.monotonic()
+        if now - before > BUSY_TURN_SECONDS:
+            busy_at = now
+    return busy_at
 
 
 def _cancel_requested() -> bool:
@@ -222,6 +236,7 @@ class Stream:
         waiting_since: float | None = None  # since the current step first had to wait
         shutdown.ensure_installed()
         cap = MAX_CHUNK_BYTES
+        busy_at = -SHARE_LOOP_SECONDS  # when a turn of the loop last showed other work
         # Anything the view logs while it streams carries the connection id and stream.
         bound = structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
         try:
@@ -261,6 +276,7 @@ class Stream:
                 if stop.done():
                     break
                 # Pull every item that is ready now, up to one chunk.
+                began = time.monotonic()
                 try:
                     while not finished and size < cap and not step.blocked():
                         ready, item = step.poll()
@@ -296,7 +312,9 @@ class Stream:
                 if not step.blocked():
                     # More is ready (the chunk was full) or the producer asked for a loop
                     # turn: let other connections run before the next chunk.
-                    cap = await _yield_to_loop(cap)
+                    busy_at = await _yield_to_loop(busy_at, time.monotonic() - began)
+                    shared = time.monotonic() - busy_at < SHARE_LOOP_SECONDS
+                    cap = MIN_CHUNK_BYTES if shared else MAX_CHUNK_BYTES
             if stop.done():  # asked to stop: terminated, shutdown or timeout
                 reason = conn.stop_reason or reasons.TERMINATED
                 await self._cancel_producer(step)

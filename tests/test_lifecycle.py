@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from django_flosse import reasons
 from django_flosse.events import KEEPALIVE, encode_event
-from django_flosse.lifecycle import ERROR_MESSAGE, MAX_CHUNK_BYTES, Stream
+from django_flosse.lifecycle import ERROR_MESSAGE, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, Stream
 from django_flosse.registry import Connection, Registry
 
 
@@ -79,6 +80,55 @@ async def test_a_chunk_never_exceeds_the_limit_by_more_than_one_event() -> None:
     assert len(chunks) > 1
     assert all(len(chunk) < MAX_CHUNK_BYTES + event_size for chunk in chunks)
     assert b"".join(chunks) == encode("x" * 1000) * 300
+
+
+async def test_a_flooding_stream_shares_the_loop_while_others_have_work() -> None:
+    """A flood takes full chunks alone, small ones while another task needs the loop (also
+    in the quiet turns between that task's steps), and never more than one chunk per turn
+    of that task (a new request's dozens of turns)."""
+    event_size = len(encode(10**6))
+    phase = "alone"
+    chunks: list[tuple[str, int]] = []
+
+    async def flood() -> AsyncIterator[int]:
+        for i in range(10**6):
+            yield i
+
+    async def read_flood() -> None:
+        stream = make_stream(flood())
+        frames = stream.frames()
+        async for chunk in frames:
+            chunks.append((phase, len(chunk)))
+            if phase == "done":
+                break
+        await frames.aclose()
+
+    def spin(seconds: float) -> None:  # CPU work, as a request's middleware does
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    reader = asyncio.create_task(read_flood())
+    deadline = time.monotonic() + 10
+    full = MAX_CHUNK_BYTES - event_size
+    while not (chunks and chunks[-1][1] >= full) and time.monotonic() < deadline:
+        await asyncio.sleep(0)  # alone: chunks are full size (soon after the first turns)
+    phase = "request"
+    flood_chunks_per_turn = []
+    for _ in range(20):  # another task: a little work, then a wait (a hop to its thread)
+        before = len(chunks)
+        spin(0.0005)
+        await asyncio.sleep(0)
+        flood_chunks_per_turn.append(len(chunks) - before)
+        await asyncio.sleep(0.002)  # the flood's turns meanwhile are quiet ones
+    phase = "done"
+    await asyncio.wait_for(reader, 10)
+
+    alone = [size for p, size in chunks if p == "alone"]
+    shared = [size for p, size in chunks if p == "request"][1:]  # the first was under way
+    assert max(alone) >= full
+    assert shared and max(shared) < MIN_CHUNK_BYTES + event_size
+    assert max(flood_chunks_per_turn) <= 1
 
 
 async def test_heartbeats_when_idle_never_cancel_the_pending_step() -> None:
