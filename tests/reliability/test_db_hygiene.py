@@ -36,8 +36,11 @@ pytestmark = [pytest.mark.server, pytest.mark.timeout(240)]
 
 N = 20
 #: Connections a server may hold whatever the number of streams: the history writer's
-#: own, and the few streams caught in the middle of a poll (a quarter of N at most).
-SMALL = 5
+#: own, and the streams caught in the middle of a poll. Usually 1-3; on a loaded machine a
+#: poll's thread hops take longer and more streams overlap (7 seen once in CI while the
+#: docs were building). A stream that kept its connection would make it N (the atomic
+#: control shows N + 1), so half of N still tells the two apart.
+SMALL = N // 2
 VIEWS = {
     "sync": "/rel/db-sync/",
     "async": "/rel/db-async/",
