@@ -89,6 +89,14 @@ def _get(rows: dict[str, dict[str, Any]], peer: str, workload: str, key: str) ->
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def _first_event(
+    rows: dict[str, dict[str, Any]], side: dict[str, Any], peer: str, key: str
+) -> float | None:
+    """D: the side-by-side figure when there is one (see sidebyside.py), else the peer's own."""
+    value = side.get("D", {}).get(peer, {}).get(key)
+    return float(value) if isinstance(value, (int, float)) else _get(rows, peer, "D", key)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -130,7 +138,8 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     ref_a = _get(rows, REFERENCE, "A", "events_per_s")
     ref_b = _get(rows, REFERENCE, "B", "events_per_s")
-    ref_d = _get(rows, REFERENCE, "D", "median_ms")
+    side = data.get("side_by_side") or {}
+    ref_d = _first_event(rows, side, REFERENCE, "median_ms")
     skipped = []
     for row in data["peers"]:
         name = row["peer"]
@@ -141,7 +150,7 @@ def markdown(data: dict[str, Any]) -> str:
             skipped.append(f"- `{name}`: FAILED: {row.get('error')}")
         a = _get(rows, name, "A", "events_per_s")
         b = _get(rows, name, "B", "events_per_s")
-        d = _get(rows, name, "D", "median_ms")
+        d = _first_event(rows, side, name, "median_ms")
         ident = row.get("identity", {})
         same = "yes" if ident.get("ok") else ("NO" if ident else "-")
         c = row.get("C", {})
@@ -153,7 +162,8 @@ def markdown(data: dict[str, Any]) -> str:
             f"| {_fmt(c.get('kib_per_connection')) if c else 'n/a'} "
             f"| {_fmt(c.get('closed_after_s')) if c else 'n/a'} "
             f"| {_fmt(c.get('rss_after_mib')) if c else 'n/a'} "
-            f"| {_fmt(d)} | {_fmt(_get(rows, name, 'D', 'p99_ms'))} | {_x(_ratio(d, ref_d))} "
+            f"| {_fmt(d)} | {_fmt(_first_event(rows, side, name, 'p99_ms'))} "
+            f"| {_x(_ratio(d, ref_d))} "
             f"| {_x(_get(rows, name, 'flood', 'ratio'))} |"
         )
     errors = [
@@ -165,7 +175,7 @@ def markdown(data: dict[str, Any]) -> str:
     if skipped or errors:
         lines += ["", "Not measured:", "", *skipped, *errors]
     lines += ["", "## Goals of issue 6", "", "| goal | measured | holds |", "|---|---|---|"]
-    for goal, measured, holds in goals(rows):
+    for goal, measured, holds in goals(rows, side):
         mark = "-" if holds is None else ("yes" if holds else "**no**")
         lines.append(f"| {goal} | {measured} | {mark} |")
     lines += ["", *NOTES, "", "## Machine", ""]
@@ -223,6 +233,9 @@ NOTES = [
     "compares events per CPU second: it barely moves with other load on the machine.",
     "- B: aggregate events/s of concurrent streams, from the first request to the last byte "
     "(best run).",
+    "- Observability costs (goals): A and B run again with both servers up, alternating "
+    "between ours with observability on and off (`sidebyside.py`); best run against best "
+    "run.",
     "- C: (RSS with the idle streams - RSS before) / streams; then every client socket is "
     "closed with SO_LINGER 0 (RST) at once, and the server's own count of open streams is "
     "polled every 10 ms until 0 (ours with observability on: `flosse_connections_active` on "
@@ -230,8 +243,11 @@ NOTES = [
     "Only async views on uvicorn hold idle streams here (gunicorn gthread needs a thread per "
     "connection).",
     "- D: from just before connect() to the first complete event of a one-event stream, "
-    "connections opened one after the other; flooded/idle: the same median while another "
-    "client reads an endless stream as fast as it can, divided by D's median. The flood ends by "
+    "connections opened one after the other, taken side by side: every server up at once, "
+    "one connection to each in turn (see `sidebyside.py`), so that all peers share the same "
+    "minutes of a machine whose speed drifts. flooded/idle: the median while another "
+    "client reads an endless stream as fast as it can, divided by the peer's own D median "
+    "taken just before (alone on the machine, like the flood). The flood ends by "
     "itself after its set duration: a flooded time close to that duration means the second "
     "stream got nothing until the flood was over (the event loop never turned).",
 ]
@@ -240,8 +256,9 @@ NOTES = [
 Goal = tuple[str, str, bool | None]
 
 
-def goals(rows: dict[str, dict[str, Any]]) -> list[Goal]:
+def goals(rows: dict[str, dict[str, Any]], side: dict[str, Any] | None = None) -> list[Goal]:
     found: list[Goal] = []
+    side = side or {}
 
     def ratio_goal(text: str, ours: str, other: str, workload: str, minimum: float) -> None:
         r = _ratio(
@@ -271,8 +288,10 @@ def goals(rows: dict[str, dict[str, Any]]) -> list[Goal]:
     for ours, other in pairs:
         for w in ("A", "B"):
             ratio_goal("ahead", ours, other, w, 1.0)
-        mine, theirs = _get(rows, ours, "D", "median_ms"), _get(rows, other, "D", "median_ms")
-        r = _ratio(mine, theirs)
+        r = _ratio(
+            _first_event(rows, side, ours, "median_ms"),
+            _first_event(rows, side, other, "median_ms"),
+        )
         found.append(
             (f"D: `{ours}` median first event below `{other}`'s", _x(r),
              None if r is None else r < 1.0)
@@ -281,15 +300,19 @@ def goals(rows: dict[str, dict[str, Any]]) -> list[Goal]:
         if rows[name].get("impl") != "ours" or rows[name].get("observability") != "on":
             continue
         off = f"{name}-obsoff"
+        pair = side.get("observability", {}).get(name)
         for w in ("A", "B"):
-            on_v, off_v = _get(rows, name, w, "events_per_s"), _get(rows, off, w, "events_per_s")
-            if on_v is None or off_v is None:
+            # Alternated runs side by side when there are some (sidebyside.py).
+            on_w = pair[w][name] if pair else rows.get(name, {}).get(w, {})
+            off_w = pair[w][off] if pair else rows.get(off, {}).get(w, {})
+            on_v, off_v = on_w.get("events_per_s"), off_w.get("events_per_s")
+            if not on_v or not off_v:
                 continue
             cost = 1 - on_v / off_v
-            on_cpu = _get(rows, name, w, "events_per_cpu_s")
-            off_cpu = _get(rows, off, w, "events_per_cpu_s")
+            on_cpu, off_cpu = on_w.get("events_per_cpu_s"), off_w.get("events_per_cpu_s")
             cpu_cost = f"{1 - on_cpu / off_cpu:+.1%}" if on_cpu and off_cpu else "-"
-            text = f"{w}: observability costs < 5% (`{name}` vs `{off}`)"
+            how = "alternated" if pair else "one after the other"
+            text = f"{w}: observability costs < 5% (`{name}` vs `{off}`, {how})"
             found.append((text, f"{cost:+.1%} (per server CPU-s: {cpu_cost})", cost < 0.05))
     mine = _get(rows, "ours-async-uvicorn", "C", "kib_per_connection")
     theirs = _get(rows, "django-async-uvicorn", "C", "kib_per_connection")
@@ -309,7 +332,10 @@ def goals(rows: dict[str, dict[str, Any]]) -> list[Goal]:
         ("ours-async-uvicorn", "django-async-uvicorn"),
         ("ours-sync-gunicorn", "django-sync-gunicorn"),
     ):
-        r = _ratio(_get(rows, ours, "D", "median_ms"), _get(rows, other, "D", "median_ms"))
+        r = _ratio(
+            _first_event(rows, side, ours, "median_ms"),
+            _first_event(rows, side, other, "median_ms"),
+        )
         found.append(
             (f"D: `{ours}` median first event ≤ 1.1x `{other}`'s", _x(r),
              None if r is None else r <= 1.1)

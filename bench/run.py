@@ -15,6 +15,10 @@ C. 1,000 streams idle after their first event: server RSS per connection; then a
 D. time to first event of 200 one-event streams opened one after the other (median, p99);
    and the same while another stream floods the server, as a ratio to D's median.
 
+Then the comparisons that need better than the machine's minute-to-minute drift run with
+every server up at once (``sidebyside.py``): D round-robin over all peers, and A and B
+alternated between ours with observability on and off.
+
 Every loop is bounded in count and time; every server is stopped by its pid, also when a
 workload fails.
 """
@@ -41,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
 import report
+import sidebyside
 from peers import APPS_DIR, PEERS, REFERENCE, Peer, Server, peer_named, pid_alive
 
 EXPECTED_EVENTS = 5
@@ -91,6 +96,11 @@ def main() -> int:
         if any(p.impl == "ours" for p in peers) or "ours" in args.profile:
             migrate(db)
         results = [run_peer(peer, sizes, out, db, server_cpu) for peer in peers]
+        measured = [p for p, r in zip(peers, results, strict=True) if r.get("status") == "ok"]
+        side = {}
+        if len(measured) > 1:
+            print("-- side by side (all servers at once)", flush=True)
+            side = run_async(sidebyside.measure(measured, sizes, out / "logs", db, server_cpu))
         profiles = run_profiles(args.profile, out, db, server_cpu, args.profile_seconds)
 
     if args.profile_only:
@@ -108,6 +118,7 @@ def main() -> int:
         "reference": REFERENCE,
         "machine": facts,
         "peers": results,
+        "side_by_side": side,
         "profiles": profiles,
         "identity_ok": all(
             r["identity"]["ok"] for r in results if r.get("status") == "ok" and "identity" in r
@@ -117,7 +128,8 @@ def main() -> int:
     (out / "latest.md").write_text(report.markdown(data))
     print(report.markdown(data))
     print(f"wrote {out / 'latest.md'} and {out / 'latest.json'} in {data['seconds']} s")
-    leftovers = [pid for r in results for pid in r.get("pids", []) if pid_alive(pid)]
+    pids = [pid for r in results for pid in r.get("pids", [])] + side.get("pids", [])
+    leftovers = [pid for pid in pids if pid_alive(pid)]
     if leftovers:
         print(f"error: server processes still running: {leftovers}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PEERS = ("ours-async-uvicorn", "django-async-uvicorn")
+PEERS = ("ours-async-uvicorn", "ours-async-uvicorn-obsoff", "django-async-uvicorn")
 
 pytestmark = [
     pytest.mark.slow,
@@ -60,7 +60,21 @@ def test_quick_run_writes_table_and_json_and_stops_every_server(tmp_path: Path) 
         assert f"| `{name}` |" in table
         assert row["pids"], name
 
+    # The side-by-side phase: D for every peer, observability on/off alternated.
+    side = data["side_by_side"]
+    assert {name: side["D"][name]["count"] for name in PEERS} == dict.fromkeys(PEERS, 10)
+    pair = side["observability"]["ours-async-uvicorn"]
+    for workload in ("A", "B"):
+        for name in ("ours-async-uvicorn", "ours-async-uvicorn-obsoff"):
+            assert pair[workload][name]["complete"], (workload, name, pair[workload][name])
+            assert pair[workload][name]["events_per_s"] > 0
+    assert not [pid for pid in side["pids"] if _alive(pid)]
+
     assert "## Goals of issue 6" in table
+    assert (
+        "observability costs < 5% (`ours-async-uvicorn` vs `ours-async-uvicorn-obsoff`, alternated)"
+        in table
+    )
     assert "A: `ours-async-uvicorn` ≥ 3x `django-async-uvicorn`" in table
     assert data["machine"]["python"]
     assert not [pid for row in rows.values() for pid in row["pids"] if _alive(pid)]
