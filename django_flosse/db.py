@@ -9,6 +9,9 @@ closes its own, an ``async def`` view's stream hops once to the request's thread
 Django ran its async ORM calls. The next query reconnects. A connection inside
 ``transaction.atomic()`` is never closed, so wrap work that must keep its connection (a
 cursor read across slow steps) in an atomic block.
+
+Also here, the one write the ORM has no cheap form for: :func:`update_each`, used by the
+connection history writer to update many rows with values of their own.
 """
 
 from __future__ import annotations
