@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ipaddress
 import os
 import threading
 import time
@@ -39,13 +38,10 @@ import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
-from typing import Any, cast
+from typing import Any
 
-from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import DataError, IntegrityError, close_old_connections, router, transaction
-from django.db.models import F, ForeignKey
+from django.db.models import F
 from django.utils import timezone
 
 from . import reasons
@@ -54,6 +50,7 @@ from .db import update_each
 from .log import get_logger
 from .models import StreamConnection
 from .registry import Connection, Registry, current_process, registry
+from .rows import as_datetime, forget_deleted_users, history_row
 
 __all__ = ["PersistenceWriter", "close_lost", "request_stop", "writer"]
 
@@ -75,64 +72,6 @@ EXIT_FLUSH_TIMEOUT = 3.0
 
 _COUNTER_FIELDS = ["events_sent", "bytes_sent", "last_event_at"]
 _CLOSE_FIELDS = [*_COUNTER_FIELDS, "closed_at", "close_reason", "error_id", "last_seen_at"]
-
-
-def _datetime(timestamp: float) -> datetime:
-    moment = datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
-    return moment if settings.USE_TZ else timezone.make_naive(moment)
-
-
-def _text(value: str | None, max_length: int) -> str:
-    # PostgreSQL refuses NUL in text, and a value longer than the column in varchar.
-    return (value or "").replace("\x00", "")[:max_length]
-
-
-def _ip(value: str | None) -> str | None:
-    """A valid address (without an IPv6 zone) or None: a bad header must not block a batch."""
-    try:
-        return str(ipaddress.ip_address((value or "").split("%")[0]))
-    except ValueError:
-        return None
-
-
-def _user_field() -> ForeignKey[Any, Any]:
-    return cast("ForeignKey[Any, Any]", StreamConnection._meta.get_field("user"))
-
-
-def _user_pk(value: str | None) -> Any:
-    """The registry keeps ``str(user.pk)``; the column wants the key's own type."""
-    if value is None:
-        return None
-    try:
-        return _user_field().target_field.to_python(value)
-    except (ValidationError, TypeError, ValueError):
-        return None
-
-
-def _row(connection: Connection, now: datetime) -> StreamConnection:
-    """The row of ``connection`` as it is now (closed already, or still open)."""
-    closed_at = connection.closed_at  # read first: a reason is set before closed_at is
-    last_event_at = connection.last_event_at
-    return StreamConnection(
-        connection_id=_text(connection.id, 32),
-        stream=_text(connection.stream, 200),
-        path=_text(connection.path, 500),
-        route=_text(connection.route, 500),
-        user_id=_user_pk(connection.user_id),
-        username=_text(connection.username, 150),
-        client_ip=_ip(connection.client_ip),
-        user_agent=_text(connection.user_agent, 512),
-        process=_text(connection.process or current_process(), 255),
-        opened_at=_datetime(connection.opened_at),
-        closed_at=None if closed_at is None else _datetime(closed_at),
-        last_seen_at=now if closed_at is None else _datetime(closed_at),
-        events_sent=connection.events_sent,
-        bytes_sent=connection.bytes_sent,
-        last_event_at=None if last_event_at is None else _datetime(last_event_at),
-        close_reason=(connection.close_reason or "") if closed_at is not None else "",
-        last_event_id=_text(connection.last_event_id, 512),
-        error_id=_text(connection.error_id, 16),
-    )
 
 
 @dataclass
@@ -340,9 +279,9 @@ class PersistenceWriter:
         self, pending: dict[str, Connection], now: datetime
     ) -> list[tuple[Connection, Any, bool]]:
         """Insert the rows; returns (connection, pk, row written closed) per connection."""
-        rows = [(c, _row(c, now)) for c in pending.values()]
+        rows = [(c, history_row(c, now)) for c in pending.values()]
         objs = [obj for _, obj in rows]
-        _forget_deleted_users(objs)
+        forget_deleted_users(objs)
         try:
             with transaction.atomic(using=_db()):
                 _objects().bulk_create(objs, batch_size=BATCH_SIZE)
@@ -394,7 +333,7 @@ class PersistenceWriter:
             pk = pks.get(connection.id)
             if pk is None:
                 continue  # its insert was dropped
-            obj = _row(connection, timezone.now())
+            obj = history_row(connection, timezone.now())
             obj.pk = pk
             objs.append(obj)
         if objs:
@@ -417,7 +356,7 @@ class PersistenceWriter:
                 pk=row.pk,
                 events_sent=counters[0],
                 bytes_sent=counters[1],
-                last_event_at=None if counters[2] is None else _datetime(counters[2]),
+                last_event_at=None if counters[2] is None else as_datetime(counters[2]),
             )
             objs.append(obj)
         if objs:
@@ -477,23 +416,6 @@ def _db() -> str:
 
 def _objects() -> Any:
     return StreamConnection.objects.using(_db())
-
-
-def _forget_deleted_users(objs: list[StreamConnection]) -> None:
-    """Drop references to users deleted since they connected.
-
-    Foreign keys are checked at commit (Django makes them deferred), where one bad row would
-    fail the whole batch again and again; checking first costs one query per flush.
-    """
-    user_ids = {obj.user_id for obj in objs if obj.user_id is not None}
-    if not user_ids:
-        return
-    user_model = _user_field().related_model
-    manager = user_model._default_manager.using(router.db_for_read(user_model))
-    existing = set(manager.filter(pk__in=user_ids).values_list("pk", flat=True))
-    for obj in objs:
-        if obj.user_id is not None and obj.user_id not in existing:
-            obj.user_id = None
 
 
 def _pks(connection_ids: list[str]) -> dict[str, Any]:

@@ -1,0 +1,101 @@
+"""A connection of the registry as a row of the connection history.
+
+The registry keeps what the request said (headers are the client's to make up); a row must
+fit its columns and the database's rules, or one bad value would fail a whole batch of
+inserts again and again. So values are cut to their columns and rid of NUL, addresses are
+validated, user keys converted to the key's type, and users deleted meanwhile forgotten.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from typing import Any, cast
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import router
+from django.db.models import ForeignKey
+from django.utils import timezone
+
+from .models import StreamConnection
+from .registry import Connection, current_process
+
+__all__ = ["as_datetime", "forget_deleted_users", "history_row"]
+
+
+def as_datetime(timestamp: float) -> datetime:
+    """A registry timestamp as the column wants it (aware or naive, after ``USE_TZ``)."""
+    moment = datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
+    return moment if settings.USE_TZ else timezone.make_naive(moment)
+
+
+def _text(value: str | None, max_length: int) -> str:
+    # PostgreSQL refuses NUL in text, and a value longer than the column in varchar.
+    return (value or "").replace("\x00", "")[:max_length]
+
+
+def _ip(value: str | None) -> str | None:
+    """A valid address (without an IPv6 zone) or None: a bad header must not block a batch."""
+    try:
+        return str(ipaddress.ip_address((value or "").split("%")[0]))
+    except ValueError:
+        return None
+
+
+def _user_field() -> ForeignKey[Any, Any]:
+    return cast("ForeignKey[Any, Any]", StreamConnection._meta.get_field("user"))
+
+
+def _user_pk(value: str | None) -> Any:
+    """The registry keeps ``str(user.pk)``; the column wants the key's own type."""
+    if value is None:
+        return None
+    try:
+        return _user_field().target_field.to_python(value)
+    except (ValidationError, TypeError, ValueError):
+        return None
+
+
+def history_row(connection: Connection, now: datetime) -> StreamConnection:
+    """The row of ``connection`` as it is now (closed already, or still open)."""
+    closed_at = connection.closed_at  # read first: a reason is set before closed_at is
+    last_event_at = connection.last_event_at
+    return StreamConnection(
+        connection_id=_text(connection.id, 32),
+        stream=_text(connection.stream, 200),
+        path=_text(connection.path, 500),
+        route=_text(connection.route, 500),
+        user_id=_user_pk(connection.user_id),
+        username=_text(connection.username, 150),
+        client_ip=_ip(connection.client_ip),
+        user_agent=_text(connection.user_agent, 512),
+        process=_text(connection.process or current_process(), 255),
+        opened_at=as_datetime(connection.opened_at),
+        closed_at=None if closed_at is None else as_datetime(closed_at),
+        last_seen_at=now if closed_at is None else as_datetime(closed_at),
+        events_sent=connection.events_sent,
+        bytes_sent=connection.bytes_sent,
+        last_event_at=None if last_event_at is None else as_datetime(last_event_at),
+        close_reason=(connection.close_reason or "") if closed_at is not None else "",
+        last_event_id=_text(connection.last_event_id, 512),
+        error_id=_text(connection.error_id, 16),
+    )
+
+
+def forget_deleted_users(objs: list[StreamConnection]) -> None:
+    """Drop references to users deleted since they connected.
+
+    Foreign keys are checked at commit (Django makes them deferred), where one bad row would
+    fail the whole batch again and again; checking first costs one query per flush.
+    """
+    user_ids = {obj.user_id for obj in objs if obj.user_id is not None}
+    if not user_ids:
+        return
+    user_model = _user_field().related_model
+    manager = user_model._default_manager.using(router.db_for_read(user_model))
+    existing = set(manager.filter(pk__in=user_ids).values_list("pk", flat=True))
+    for obj in objs:
+        if obj.user_id is not None and obj.user_id not in existing:
+            obj.user_id = None
