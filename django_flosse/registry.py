@@ -238,6 +238,10 @@ class Registry:
             connections = list(self._live.values())
         return [c.snapshot() for c in connections if stream is None or c.stream == stream]
 
+    def active(self) -> int:
+        """How many connections of this process are open right now (all streams)."""
+        return len(self._live)
+
     def get(self, connection_id: str) -> Connection | None:
         """The live connection object itself (not a copy), e.g. to ask it to stop."""
         return self._live.get(connection_id)

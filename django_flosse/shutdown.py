@@ -18,8 +18,12 @@ gunicorn's ``preload_app`` the application loads in the master: call
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import signal
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -29,6 +33,9 @@ from .registry import registry
 __all__ = ["ensure_installed", "install_signal_handlers", "shutdown"]
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Longest a server's own signal handler waits for the streams' final frames.
+FINAL_FRAMES_GRACE = 1.0
+DRAIN_POLL_SECONDS = 0.01
 
 _installed: dict[int, Any] = {}
 _checked_from_a_stream = False
@@ -40,10 +47,31 @@ def shutdown(reason: str = reasons.SHUTDOWN) -> int:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    shutdown()
+    asked = shutdown()
     previous = _installed.get(signum)
-    if callable(previous):
+    if not callable(previous):
+        return
+    try:
+        loop = asyncio.get_running_loop()  # the server's loop, when it runs on this thread
+    except RuntimeError:
+        loop = None
+    if asked and loop is not None:
+        # The streams send their final frames on this loop's next turns. A server that
+        # cancels its applications as soon as it stops (daphne) would cut them off: hand
+        # the signal on once they are all closed, or after FINAL_FRAMES_GRACE at most.
+        deadline = time.monotonic() + FINAL_FRAMES_GRACE
+        _when_drained(loop, deadline, functools.partial(previous, signum, frame))
+    else:
         previous(signum, frame)
+
+
+def _when_drained(
+    loop: asyncio.AbstractEventLoop, deadline: float, then: Callable[[], object]
+) -> None:
+    if registry.active() and time.monotonic() < deadline:
+        loop.call_later(DRAIN_POLL_SECONDS, _when_drained, loop, deadline, then)
+    else:
+        then()
 
 
 def ensure_installed() -> None:

@@ -1,8 +1,8 @@
 """Real server processes for end-to-end tests.
 
-``LiveServer`` starts uvicorn (ASGI) or gunicorn gthread (WSGI) in a child process on a free
-port of 127.0.0.1, serving ``tests.asgi`` / ``tests.wsgi`` with ``tests.settings``, and waits
-until it answers HTTP. It only ever signals the process it started (and that process's own
+``LiveServer`` starts uvicorn or daphne (ASGI) or gunicorn gthread (WSGI) in a child process
+on a free port of 127.0.0.1, serving ``tests.asgi`` / ``tests.wsgi`` with ``tests.settings``,
+and waits until it answers HTTP. It only ever signals the process it started (and that process's own
 session, for gunicorn's workers): never anything found by name.
 
     with LiveServer("uvicorn", loop="asyncio") as server:
@@ -38,7 +38,7 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.05
 
-Kind = Literal["uvicorn", "gunicorn"]
+Kind = Literal["uvicorn", "gunicorn", "daphne"]
 
 # Every server started and not yet stopped, so the session fixture in conftest.py can stop
 # leftovers (a test that crashed between start() and stop()).
@@ -58,10 +58,10 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A uvicorn or gunicorn process serving the test project on 127.0.0.1.
+    """A uvicorn, daphne or gunicorn process serving the test project on 127.0.0.1.
 
     Arguments:
-        kind: ``"uvicorn"`` or ``"gunicorn"`` (gthread worker).
+        kind: ``"uvicorn"``, ``"daphne"`` or ``"gunicorn"`` (gthread worker).
         loop: uvicorn only: ``"uvloop"`` or ``"asyncio"`` (``None``: uvicorn's default).
         env: extra environment variables, on top of ``os.environ`` and
             ``DJANGO_SETTINGS_MODULE=tests.settings``.
@@ -83,8 +83,8 @@ class LiveServer:
         app: str | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
-        if kind not in ("uvicorn", "gunicorn"):
-            raise ValueError(f"kind must be 'uvicorn' or 'gunicorn', not {kind!r}")
+        if kind not in ("uvicorn", "gunicorn", "daphne"):
+            raise ValueError(f"kind must be 'uvicorn', 'gunicorn' or 'daphne', not {kind!r}")
         if loop is not None and kind != "uvicorn":
             raise ValueError("loop= applies to uvicorn only")
         if loop not in (None, "uvloop", "asyncio"):
@@ -118,7 +118,12 @@ class LiveServer:
         return None if self.proc is None else self.proc.poll()
 
     def command(self) -> list[str]:
-        if self.kind == "uvicorn":
+        if self.kind == "daphne":
+            cmd = [
+                sys.executable, "-m", "daphne", "-b", HOST, "-p", str(self.port),
+                self.app or "tests.asgi:application",
+            ]  # fmt: skip
+        elif self.kind == "uvicorn":
             cmd = [
                 sys.executable, "-m", "uvicorn", self.app or "tests.asgi:application",
                 "--host", HOST, "--port", str(self.port),

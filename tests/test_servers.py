@@ -1,4 +1,5 @@
-"""End to end: real uvicorn (ASGI) and gunicorn gthread (WSGI) servers, real SSE clients.
+"""End to end: real uvicorn and daphne (ASGI) and gunicorn gthread (WSGI) servers, real SSE
+clients.
 
 Every combination of view (``def`` / ``async def``) and server is checked for what only a real
 server shows: the first event of an endless stream arrives at once, events arrive one by one,
@@ -41,7 +42,7 @@ pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 LOGGING_SETTINGS = "tests.settings_server"
 GZIP_SETTINGS = "tests.settings_gzip"
 
-KINDS = ("uvicorn", "gunicorn")
+KINDS = ("uvicorn", "gunicorn", "daphne")
 FLAVOURS = ("sync", "async")
 COMBOS = [
     pytest.param(flavour, kind, id=f"{flavour}-{kind}") for kind in KINDS for flavour in FLAVOURS

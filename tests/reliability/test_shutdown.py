@@ -49,6 +49,7 @@ RETRY_RANGE = range(1000, 2001)  # lifecycle.RECONNECT_AFTER_MS, jittered up to 
 SHUTDOWN_CASES = [
     pytest.param("uvicorn", 100, 100, id="uvicorn-200-streams"),
     pytest.param("gunicorn", 40, 40, id="gunicorn-gthread-80-streams"),
+    pytest.param("daphne", 50, 50, id="daphne-100-streams"),
 ]
 
 
@@ -108,7 +109,7 @@ def test_sigterm_ends_every_stream_and_the_server_exits(
         assert "Traceback" not in server.logs()
 
 
-@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn", "daphne"])
 def test_max_duration_ends_streams_with_timeout(
     live_server_factory: Any, figure: Any, kind: str
 ) -> None:
