@@ -291,30 +291,15 @@ async def identity(port: int, path: str) -> dict[str, Any]:
 async def throughput(
     server: Server, path: str, streams: int, events: int, repeats: int, timeout: float
 ) -> dict[str, Any]:
-    """A or B, ``repeats`` times: the best run's events/s, and CPU over all runs.
-
-    The best run, not the median: other load on a shared machine only ever slows a run
-    down. Server CPU seconds per event barely depend on that load, so they are reported
-    too, summed over every run (the CPU clock ticks every 10 ms).
-    """
+    """A or B, ``repeats`` times: the best run's events/s, and CPU over all runs
+    (``loadgen.summarize_runs``)."""
     runs = []
     cpu = 0.0
     for _ in range(repeats):
         cpu_before = server.cpu_seconds()
         runs.append(await loadgen.throughput(server.port, path, streams, events, timeout))
         cpu += server.cpu_seconds() - cpu_before
-    received = sum(run["events"] for run in runs)
-    best = dict(max(runs, key=lambda run: run["events_per_s"]))
-    rates = sorted(run["events_per_s"] for run in runs)
-    best.update(
-        runs_events_per_s=[round(rate) for rate in rates],
-        median_events_per_s=rates[len(rates) // 2],
-        complete=all(run["complete"] for run in runs),
-        server_cpu_s=round(cpu, 3),
-        server_cpu_s_per_100k=cpu * 100_000 / received if received else None,
-        events_per_cpu_s=received / cpu if cpu else None,
-    )
-    return best
+    return loadgen.summarize_runs(runs, cpu)
 
 
 async def first_event(port: int, path: str, sizes: Sizes) -> dict[str, Any]:

@@ -49,8 +49,8 @@ async def first_events(servers: dict[str, Server], rounds: int, timeout: float) 
 async def alternated(
     pair: tuple[Server, Server], streams: int, events: int, repeats: int, timeout: float
 ) -> dict[str, dict[str, Any]]:
-    """A or B on both servers of ``pair``, alternating, ``repeats`` runs each: per server the
-    best run's events/s and the events per server CPU second over all runs."""
+    """A or B on both servers of ``pair``, alternating, ``repeats`` runs each, summed up per
+    server as in the main phase (``loadgen.summarize_runs``)."""
     runs: dict[str, list[dict[str, Any]]] = {s.peer.name: [] for s in pair}
     cpu = dict.fromkeys(runs, 0.0)
     for i in range(repeats):
@@ -60,16 +60,7 @@ async def alternated(
                 await loadgen.throughput(server.port, server.peer.path, streams, events, timeout)
             )
             cpu[server.peer.name] += server.cpu_seconds() - before
-    result = {}
-    for name, done in runs.items():
-        received = sum(run["events"] for run in done)
-        result[name] = {
-            "events_per_s": max(run["events_per_s"] for run in done),
-            "runs_events_per_s": sorted(round(run["events_per_s"]) for run in done),
-            "events_per_cpu_s": received / cpu[name] if cpu[name] else None,
-            "complete": all(run["complete"] for run in done),
-        }
-    return result
+    return {name: loadgen.summarize_runs(done, cpu[name]) for name, done in runs.items()}
 
 
 def obs_pairs(peers: list[Peer]) -> list[tuple[str, str]]:

@@ -62,7 +62,8 @@ def test_quick_run_writes_table_and_json_and_stops_every_server(tmp_path: Path) 
 
     # The side-by-side phase: D for every peer, observability on/off alternated.
     side = data["side_by_side"]
-    assert {name: side["D"][name]["count"] for name in PEERS} == dict.fromkeys(PEERS, 10)
+    rounds = data["sizes"]["d"]
+    assert {name: side["D"][name]["count"] for name in PEERS} == dict.fromkeys(PEERS, rounds)
     pair = side["observability"]["ours-async-uvicorn"]
     for workload in ("A", "B"):
         for name in ("ours-async-uvicorn", "ours-async-uvicorn-obsoff"):
