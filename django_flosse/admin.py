@@ -24,7 +24,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from .models import StreamConnection
-from .persistence import close_lost, request_stop
+from .terminate import close_lost, request_stop
 
 __all__ = ["OpenClosedListFilter", "StreamConnectionAdmin"]
 
@@ -132,6 +132,6 @@ class StreamConnectionAdmin(_ModelAdmin):
         return super().changelist_view(request, extra_context)
 
     def get_urls(self) -> list[URLPattern]:
-        from .dashboard import admin_urls
+        from .views import dashboard_urls
 
-        return [*admin_urls(self), *super().get_urls()]
+        return [*dashboard_urls(self), *super().get_urls()]

@@ -2,6 +2,10 @@
 
 Settings are never read at import time; :func:`get_config` caches the merged result and a
 ``setting_changed`` receiver clears that cache, so ``override_settings`` works in tests.
+
+This module only turns settings into validated values (a dotted path becomes the class it
+names). What is built from them, the observers and the JSON encoder of the wire format, is
+built and wired by ``AppConfig.ready()`` (``observing.wiring``), which re-wires on changes.
 """
 
 from __future__ import annotations
@@ -9,8 +13,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -18,9 +22,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
-
-from .events import Dumps, json_dumps_with
-from .formatters import make_encoder
 
 __all__ = ["DEFAULTS", "Config", "get_config"]
 
@@ -35,7 +36,10 @@ DEFAULTS: Mapping[str, Any] = {
     # Items a sync generator may run ahead of the client when it runs in its own thread.
     "SYNC_READ_AHEAD": 16,
     # Registry observers (dotted paths or instances); [] turns metrics and logs off.
-    "OBSERVERS": ["django_flosse.metrics.MetricsObserver", "django_flosse.log.LogObserver"],
+    "OBSERVERS": [
+        "django_flosse.observing.metrics.MetricsObserver",
+        "django_flosse.observing.log.LogObserver",
+    ],
     # Default connection limits for every stream (per process); None: no limit.
     "MAX_CONNECTIONS": None,
     "MAX_CONNECTIONS_PER_USER": None,
@@ -75,6 +79,7 @@ class Config:
     heartbeat: float | None
     json_encoder: type[json.JSONEncoder]
     sync_read_ahead: int
+    #: Observer classes (instantiated by the wiring) or instances, in order.
     observers: tuple[Any, ...]
     max_connections: int | None
     max_connections_per_user: int | None
@@ -91,10 +96,6 @@ class Config:
     shutdown_signals: bool
     max_duration: float | None
     send_timeout: float | None
-    dumps: Dumps = field(repr=False)
-    #: The per-event encoder, shared by every stream of the process (its cache of
-    #: validated event-name prefixes too).
-    encode: Callable[[Any], bytes] = field(repr=False, default=bytes)
 
 
 def _fail(key: str, expected: str, value: Any) -> ImproperlyConfigured:
@@ -149,7 +150,7 @@ def _observers(value: Any) -> tuple[Any, ...]:
             observer = import_string(item) if isinstance(item, str) else item
         except ImportError as exc:
             raise _fail("OBSERVERS", f"importable dotted paths ({exc})", value) from exc
-        observers.append(observer() if isinstance(observer, type) else observer)
+        observers.append(observer)
     return tuple(observers)
 
 
@@ -177,7 +178,6 @@ def _build(overrides: Mapping[str, Any]) -> Config:
         )
     merged = {**DEFAULTS, **overrides}
     encoder = _encoder(merged["JSON_ENCODER"])
-    dumps = json_dumps_with(encoder)
     read_ahead = _count_or_none("SYNC_READ_AHEAD", merged["SYNC_READ_AHEAD"])
     if read_ahead is None:
         raise _fail("SYNC_READ_AHEAD", "an int >= 1", None)
@@ -206,8 +206,6 @@ def _build(overrides: Mapping[str, Any]) -> Config:
         shutdown_signals=_bool("SHUTDOWN_SIGNALS", merged["SHUTDOWN_SIGNALS"]),
         max_duration=_positive_or_none("MAX_DURATION", merged["MAX_DURATION"]),
         send_timeout=_positive_or_none("SEND_TIMEOUT", merged["SEND_TIMEOUT"]),
-        dumps=dumps,
-        encode=make_encoder(dumps),
     )
 
 

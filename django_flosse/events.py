@@ -1,7 +1,9 @@
 """SSEEvent and the wire encoder (WHATWG HTML, "Server-sent events").
 
-This module is pure: no Django, no I/O. It turns field values into the exact text of one
-event and refuses any value that could smuggle in a field of its own:
+This module is pure: no settings, no I/O (the JSON encoder of the ``FLOSSE`` setting is
+handed to it by ``AppConfig.ready()``, see :func:`use_json_encoder`). It turns field values
+into the exact text of one event and refuses any value that could smuggle in a field of
+its own:
 
 * ``data`` is split on CRLF, CR and LF only (``str.splitlines`` also splits on U+2028 and
   friends, which would corrupt data) and every line gets its own ``data:`` field, so a
@@ -20,6 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["KEEPALIVE", "SSEEvent", "encode_event", "retry_frame"]
+
+#: The JSON encoder of data that is not a ``str`` when none is given (Django's default).
+DEFAULT_JSON_ENCODER = "django.core.serializers.json.DjangoJSONEncoder"
 
 Dumps = Callable[[Any], str]
 
@@ -91,12 +96,22 @@ def retry_frame(retry: int) -> bytes:
     return f"retry: {_check_retry(retry)}\n\n".encode()
 
 
-def _default_dumps(value: Any) -> str:
-    # Imported lazily so this module stays free of Django at import time; the configured
-    # encoder (``FLOSSE["JSON_ENCODER"]``) is used by the streaming path instead.
-    from .conf import get_config
+_default: list[Dumps] = []  # the dumps set by use_json_encoder(), built lazily otherwise
 
-    return get_config().dumps(value)
+
+def use_json_encoder(encoder_class: type[json.JSONEncoder]) -> None:
+    """Make ``encoder_class`` the one of :meth:`SSEEvent.encode` and ``to_sse()`` (the
+    ``FLOSSE["JSON_ENCODER"]`` setting, set by the app's wiring)."""
+    _default[:] = [json_dumps_for(encoder_class)]
+
+
+def default_dumps(value: Any) -> str:
+    """JSON text of ``value`` with the configured encoder (``DjangoJSONEncoder`` until set)."""
+    if not _default:
+        from django.core.serializers.json import DjangoJSONEncoder  # no settings involved
+
+        use_json_encoder(DjangoJSONEncoder)
+    return _default[0](value)
 
 
 @dataclass
@@ -127,13 +142,16 @@ class SSEEvent:
         """
         data = self.data
         if not isinstance(data, str):
-            data = (dumps or _default_dumps)(data)
+            data = (dumps or default_dumps)(data)
         return encode_event(
             data, event=self.event, id=self.id, retry=self.retry, comment=self.comment
         )
 
 
-def json_dumps_with(encoder_class: type[json.JSONEncoder]) -> Dumps:
+_dumps_by_class: dict[type[json.JSONEncoder], Dumps] = {}
+
+
+def json_dumps_for(encoder_class: type[json.JSONEncoder]) -> Dumps:
     """A ``dumps`` for event data: non-ASCII kept as is (the stream is UTF-8), one encoder.
 
     ``NaN`` and infinities are refused (``ValueError``): browsers' ``JSON.parse`` rejects them.
@@ -142,11 +160,15 @@ def json_dumps_with(encoder_class: type[json.JSONEncoder]) -> Dumps:
     the C encoder; for encoders that only customise ``default()`` (``DjangoJSONEncoder``
     does) we build that C encoder once and call it directly: about 3x faster per event.
     Its circular-reference check is off (a stale marker left by a failed call could reject
-    later, valid data); a circular structure fails with ``RecursionError`` instead.
+    later, valid data); a circular structure fails with ``RecursionError`` instead. One per
+    encoder class and process (cached).
     """
-    encoder = encoder_class(ensure_ascii=False, allow_nan=False)
-    fast = _fast_dumps(encoder)
-    return fast if fast is not None else encoder.encode
+    dumps = _dumps_by_class.get(encoder_class)
+    if dumps is None:
+        encoder = encoder_class(ensure_ascii=False, allow_nan=False)
+        dumps = _fast_dumps(encoder) or encoder.encode
+        _dumps_by_class[encoder_class] = dumps
+    return dumps
 
 
 def _fast_dumps(encoder: json.JSONEncoder) -> Dumps | None:

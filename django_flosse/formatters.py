@@ -16,13 +16,14 @@ numbers, booleans, ``None``, lists     JSON data
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
-from .events import Dumps, SSEEvent, encode_event
+from .events import Dumps, SSEEvent, default_dumps, encode_event, json_dumps_for
 from .exceptions import SSEYieldError
 
-__all__ = ["encode_item", "format_item", "make_encoder", "to_sse"]
+__all__ = ["encode_item", "encoder_for", "format_item", "make_encoder", "to_sse"]
 
 _DICT_KEYS = frozenset({"data", "event", "id", "retry"})
 
@@ -105,9 +106,7 @@ def encode_item(raw: Any, dumps: Dumps) -> bytes:
 
 def to_sse(raw: Any) -> str:
     """Convert one yielded value to SSE wire text (the 0.2.0 function; still returns ``str``)."""
-    from .conf import get_config
-
-    return format_item(raw, get_config().dumps)
+    return format_item(raw, default_dumps)
 
 
 # Data types whose JSON never fails for a reason the general path would word better.
@@ -152,4 +151,16 @@ def make_encoder(dumps: Dumps) -> Callable[[Any], bytes]:
         except UnicodeEncodeError as exc:
             raise _not_utf8(exc) from exc
 
+    return encode
+
+
+_encoders: dict[type[json.JSONEncoder], Callable[[Any], bytes]] = {}
+
+
+def encoder_for(encoder_class: type[json.JSONEncoder]) -> Callable[[Any], bytes]:
+    """The per-event encoder with ``encoder_class``: one per process and encoder class,
+    shared by every stream (with its cache of validated event-name prefixes)."""
+    encode = _encoders.get(encoder_class)
+    if encode is None:
+        encode = _encoders[encoder_class] = make_encoder(json_dumps_for(encoder_class))
     return encode

@@ -34,38 +34,34 @@ def _cleanup_servers_and_db_file() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _reset_structlog() -> Iterator[None]:
-    """``structlog.testing.capture_logs`` leaves structlog marked as configured, which would
-    send later tests' events to structlog's default printer instead of stdlib logging."""
-    yield
+def _isolated_process_state() -> Iterator[None]:
+    """Every test starts from the process state a fresh server has, and leaves none behind.
+
+    Before and after: an empty registry (no connections, totals or shutdown flag) with the
+    observers the settings wire and none subscribed; the history writer's thread stopped and
+    its pending work dropped; the dashboard watcher's counts and the metrics observer's fold
+    state forgotten; structlog unconfigured (``capture_logs`` leaves it marked as configured,
+    which would send later tests' events to structlog's printer instead of stdlib logging).
+    """
     import structlog
 
-    structlog.reset_defaults()
+    from django_flosse.observing import wiring
+    from django_flosse.observing._dashboard import watcher
+    from django_flosse.observing._history import writer
+    from django_flosse.observing.registry import registry
 
+    def reset() -> None:
+        for observer in registry.observers()[len(registry._wired) :]:
+            registry.unsubscribe(observer)
+        registry.reset()
+        writer.reset()
+        watcher.reset()
+        wiring.reset()
+        structlog.reset_defaults()
 
-@pytest.fixture
-def fresh_registry() -> Iterator[None]:
-    """The test starts from an empty registry, without the observers subscribed elsewhere
-    (the persistence writer that ``AppConfig.ready()`` subscribes); those are back after it,
-    and the ones the test subscribed are gone."""
-    from django_flosse.conf import get_config
-    from django_flosse.registry import registry
-
-    def subscribed() -> list[Any]:
-        # Observers added with registry.subscribe (not those of FLOSSE["OBSERVERS"]).
-        from_settings = get_config().observers
-        return [o for o in registry.observers() if not any(o is s for s in from_settings)]
-
-    before = subscribed()
-    for observer in before:
-        registry.unsubscribe(observer)
-    registry.reset()
+    reset()
     yield
-    for observer in subscribed():
-        registry.unsubscribe(observer)
-    registry.reset()
-    for observer in before:
-        registry.subscribe(observer)
+    reset()
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from django_flosse import SSEEvent, sse_stream
-from django_flosse.lifecycle import ERROR_MESSAGE
+from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.testing import Event, collect_events, parse_events
 from tests.servers import LiveServer
 

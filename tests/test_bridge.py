@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from django_flosse.bridge import ThreadedSource, iterate_on_private_loop
+from django_flosse.streaming._bridge import ThreadedSource, iterate_on_private_loop
 
 
 def encode(item: Any) -> bytes:
@@ -242,7 +242,7 @@ def test_private_loop_keeps_one_context_across_steps() -> None:
 
 
 def test_worker_threads_are_reused_then_exit_when_idle() -> None:
-    from django_flosse import workers
+    from django_flosse.streaming import _workers as workers
 
     seen: list[threading.Thread] = []
     done = threading.Event()

@@ -11,6 +11,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.test import override_settings
 
 from django_flosse.conf import DEFAULTS, get_config
+from django_flosse.events import json_dumps_for
 
 
 def test_defaults() -> None:
@@ -56,7 +57,7 @@ def test_none_flosse_means_defaults() -> None:
 def test_encoder_may_be_a_class() -> None:
     with override_settings(FLOSSE={"JSON_ENCODER": json.JSONEncoder}):
         assert get_config().json_encoder is json.JSONEncoder
-        assert get_config().dumps({"é": 1}) == '{"é": 1}'  # UTF-8 stream: no \\u escapes
+        assert json_dumps_for(get_config().json_encoder)({"é": 1}) == '{"é": 1}'  # UTF-8 stream: no \\u escapes
 
 
 @pytest.mark.parametrize(

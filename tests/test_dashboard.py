@@ -18,9 +18,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_flosse import dashboard
+from django_flosse.observing import _dashboard as dashboard
 from django_flosse.models import StreamConnection
-from django_flosse.registry import Connection, current_process, registry
+from django_flosse.observing.registry import Connection, current_process, registry
 from django_flosse.testing import collect_events
 
 PAGE = "admin:django_flosse_dashboard"
@@ -252,7 +252,7 @@ def test_first_frame_is_a_snapshot_of_the_table(admin_client: Client) -> None:
 def test_updates_carry_only_changes() -> None:
     rows = [_row(), _row()]
     StreamConnection.objects.bulk_create(rows)
-    feed = dashboard._Feed(top=10)
+    feed = dashboard.Feed(top=10)
     feed.snapshot()
     assert feed.poll() is None  # nothing changed: no frame
 
@@ -278,8 +278,7 @@ def test_updates_carry_only_changes() -> None:
 def test_this_process_comes_from_the_registry_at_once(
     local_connections: list[Connection],
 ) -> None:
-    dashboard._watcher.ensure_subscribed()
-    feed = dashboard._Feed(top=10)
+    feed = dashboard.Feed(top=10)
     feed.snapshot()
     conn = _open_local(local_connections)  # no row in the table yet
 
@@ -308,7 +307,7 @@ def test_this_process_comes_from_the_registry_at_once(
 def test_the_dashboard_leaves_out_its_own_stream(local_connections: list[Connection]) -> None:
     _open_local(local_connections, stream=dashboard.DASHBOARD_STREAM)
     StreamConnection.objects.bulk_create([_row(dashboard.DASHBOARD_STREAM)])
-    snapshot = dashboard._Feed(top=10).snapshot()
+    snapshot = dashboard.Feed(top=10).snapshot()
     assert snapshot["rows"] == [] and snapshot["total"] == 0
     assert all(c["stream"] != dashboard.DASHBOARD_STREAM for c in snapshot["cards"])
 
@@ -329,7 +328,7 @@ def test_ten_thousand_live_connections_stay_cheap() -> None:
         ],
         batch_size=500,
     )
-    feed = dashboard._Feed(top=25)
+    feed = dashboard.Feed(top=25)
 
     with CaptureQueriesContext(connection) as queries:
         snapshot = feed.snapshot()
@@ -422,6 +421,6 @@ def test_feed_on_a_real_server(kind: str, live_server_factory: Any) -> None:
 def test_works_without_time_zone_support() -> None:
     now = timezone.now()  # naive, Chicago wall time
     StreamConnection.objects.bulk_create([_row(opened_at=now, last_seen_at=now)])
-    snapshot = dashboard._Feed(top=10).snapshot()
+    snapshot = dashboard.Feed(top=10).snapshot()
     assert snapshot["total"] == 1
     assert abs(snapshot["rows"][0]["opened"] - time.time()) < 5

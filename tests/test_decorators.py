@@ -20,7 +20,7 @@ from django.views import View
 from structlog.testing import capture_logs
 
 from django_flosse import SSEEvent, sse_stream
-from django_flosse.lifecycle import ERROR_MESSAGE
+from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.permissions import BaseSSEPermission, IsAuthenticated
 from django_flosse.testing import Event, acollect_events, collect_events
 
@@ -355,8 +355,10 @@ async def test_a_sync_permission_that_queries_the_db_works_from_an_async_view() 
 
 @pytest.fixture
 def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The thread hops the decorator makes before streaming (names of what it sends)."""
-    from django_flosse import decorators
+    """The thread hops made before streaming (names of what they send): loading the user
+    and checking permissions (``permissions``), releasing connections (``streaming._db``)."""
+    from django_flosse import permissions
+    from django_flosse.streaming import _db
 
     made: list[str] = []
 
@@ -364,7 +366,8 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         made.append(func.__name__)
         return sync_to_async(func, *args, **kwargs)
 
-    monkeypatch.setattr(decorators, "sync_to_async", counting)
+    monkeypatch.setattr(permissions, "sync_to_async", counting)
+    monkeypatch.setattr(_db, "sync_to_async", counting)
     return made
 
 

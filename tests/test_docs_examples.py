@@ -572,7 +572,7 @@ def test_testing_unit_example(fast_sleep: None) -> None:
 
 
 def test_the_observer_example_counts_long_connections() -> None:
-    from django_flosse.registry import Connection, Registry
+    from django_flosse.observing.registry import Connection, Registry
 
     observer = example("observer").LongConnections()
     local = Registry()
@@ -586,7 +586,7 @@ def test_the_observer_example_counts_long_connections() -> None:
 
 
 def test_the_registry_api_example_reads_totals_and_live_connections() -> None:
-    from django_flosse.registry import Connection, registry
+    from django_flosse.observing.registry import Connection, registry
 
     module = example("registry_api")
     connection = Connection(id="docs-example", stream="docs.summary", username="ada")

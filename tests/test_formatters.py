@@ -13,13 +13,14 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.test import override_settings
 
 from django_flosse.conf import get_config
+from django_flosse.events import json_dumps_for
 from django_flosse.events import SSEEvent
 from django_flosse.exceptions import SSEYieldError
 from django_flosse.formatters import encode_item, make_encoder, to_sse
 
 
 def encode(raw: Any) -> bytes:
-    return encode_item(raw, get_config().dumps)
+    return encode_item(raw, json_dumps_for(get_config().json_encoder))
 
 
 class Point:
@@ -69,7 +70,7 @@ class PointEncoder(json.JSONEncoder):
 )
 def test_yield_style_exact_bytes(raw: Any, wire: bytes) -> None:
     assert encode(raw) == wire
-    assert make_encoder(get_config().dumps)(raw) == wire
+    assert make_encoder(json_dumps_for(get_config().json_encoder))(raw) == wire
     assert to_sse(raw) == wire.decode()
     assert type(to_sse(raw)) is str
 

@@ -28,7 +28,7 @@ REJECTED = "sse.connection.rejected"
 STREAM_ERROR = "sse.stream.error"
 
 
-pytestmark = pytest.mark.usefixtures("fresh_registry")
+
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from django_flosse import reasons
 from django_flosse.conf import get_config
-from django_flosse.metrics import FOLD_INTERVAL, MetricsObserver
-from django_flosse.registry import Connection, registry
-from django_flosse.response import SSEResponse
+from django_flosse.observing.metrics import FOLD_INTERVAL, MetricsObserver
+from django_flosse.observing.registry import Connection, registry
+from django_flosse.streaming._response import SSEResponse
 from tests import views
 from tests.helpers import close_response
 
@@ -34,7 +34,7 @@ FOLD_WAIT = 10.0
 OUTSIDER = "203.0.113.5"  # TEST-NET-3: not loopback, not allowed by default
 
 
-pytestmark = pytest.mark.usefixtures("fresh_registry")
+
 
 
 def sample(name: str, **labels: str) -> float:
@@ -79,7 +79,7 @@ class Samples:
 
 
 def metrics_observer() -> MetricsObserver:
-    return next(o for o in get_config().observers if isinstance(o, MetricsObserver))
+    return next(o for o in registry.observers() if isinstance(o, MetricsObserver))
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -439,16 +439,18 @@ def test_metrics_view_refuses_a_non_ascii_bearer_token() -> None:
 
 
 def test_events_are_counted_once_when_the_settings_change_mid_stream() -> None:
-    """Regression: a settings change builds a new MetricsObserver; a connection opened under
-    the old one and closed under the new one was folded again from zero (counted twice)."""
+    """Regression: a settings change used to build a new MetricsObserver; a connection opened
+    under the old one and closed under the new one was folded again from zero (counted
+    twice). The wiring keeps the observer built from the same class across changes."""
     stream = f"metrics.settings_change.{uuid.uuid4().hex[:8]}"
-    first, second = MetricsObserver(), MetricsObserver()
     connection = Connection(id=uuid.uuid4().hex, stream=stream)
-    first.connection_opened(connection)
+    first = metrics_observer()
+    registry.open(connection)
     connection.events_sent, connection.bytes_sent = 7, 70
     first.fold()
-    connection.events_sent, connection.bytes_sent = 10, 100
-    connection.close_reason = reasons.COMPLETED
-    second.connection_closed(connection)  # as if FLOSSE changed in between
+    with override_settings(FLOSSE={"HEARTBEAT": 30}):  # re-wires the observers
+        assert metrics_observer() is first
+        connection.events_sent, connection.bytes_sent = 10, 100
+        registry.close(connection, reasons.COMPLETED)
     assert sample("flosse_events_sent_total", stream=stream) == 10
     assert sample("flosse_sent_bytes_total", stream=stream) == 100

@@ -117,10 +117,10 @@ def process_of(server: LiveServer) -> str:
 
 
 def request_stop_from_another_process(env: dict[str, str], ids: list[str]) -> int:
-    """``persistence.request_stop`` in a Django process of its own (an admin elsewhere)."""
+    """``terminate.request_stop`` in a Django process of its own (an admin elsewhere)."""
     code = (
         "import sys, django; django.setup();"
-        "from django_flosse.persistence import request_stop;"
+        "from django_flosse.terminate import request_stop;"
         "print(request_stop(sys.argv[1:]))"
     )
     done = subprocess.run(

@@ -25,10 +25,11 @@ from django.test import AsyncClient, Client, override_settings
 from django.utils import timezone
 from structlog.testing import capture_logs
 
-from django_flosse import persistence
+from django_flosse.observing import _history as persistence
 from django_flosse.models import StreamConnection
-from django_flosse.persistence import PersistenceWriter, close_lost, request_stop
-from django_flosse.registry import Connection, current_process, registry
+from django_flosse.observing._history import PersistenceWriter
+from django_flosse.terminate import close_lost, request_stop
+from django_flosse.observing.registry import Connection, current_process, registry
 from django_flosse.testing import acollect_events, collect_events
 from tests.servers import REPO_ROOT
 
@@ -456,20 +457,15 @@ def test_nothing_is_queued_when_persistence_is_off(writer: PersistenceWriter) ->
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_the_app_subscribes_the_writer_only_when_persistence_is_on(enabled: bool) -> None:
+def test_the_app_wires_the_writer_only_when_persistence_is_on(enabled: bool) -> None:
     from django.apps import apps
 
-    was_subscribed = persistence.writer in registry.observers()
-    registry.unsubscribe(persistence.writer)
-    try:
-        with override_settings(FLOSSE={"PERSISTENCE": enabled}):
-            apps.get_app_config("django_flosse").ready()
+    with override_settings(FLOSSE={"PERSISTENCE": enabled}):  # re-wired on the change
         assert (persistence.writer in registry.observers()) is enabled
-    finally:  # leave the registry as the other tests found it
-        if was_subscribed:
-            registry.subscribe(persistence.writer)
-        else:
-            registry.unsubscribe(persistence.writer)
+        apps.get_app_config("django_flosse").ready()  # what a starting server does
+        assert (persistence.writer in registry.observers()) is enabled
+        assert registry.observers().count(persistence.writer) == int(enabled)
+    assert persistence.writer not in registry.observers()  # tests.settings: off
 
 
 def test_the_decorator_without_the_app_imports_no_model() -> None:

@@ -27,8 +27,10 @@ from django.test import AsyncClient, Client, RequestFactory, override_settings
 from django.urls import resolve
 
 from django_flosse import reasons
-from django_flosse.registry import Connection, Registry, StreamTotals, registry
-from django_flosse.response import SSEResponse
+from django_flosse.observing._dashboard import watcher
+from django_flosse.observing._history import writer
+from django_flosse.observing.registry import Connection, Registry, StreamTotals, registry
+from django_flosse.streaming._response import SSEResponse
 from django_flosse.testing import collect_events
 from tests import views
 from tests.helpers import close_response
@@ -40,7 +42,7 @@ LIMIT = 50
 RACE_TIMEOUT = 60.0
 
 
-pytestmark = pytest.mark.usefixtures("fresh_registry")
+
 
 
 class Recorder:
@@ -395,17 +397,22 @@ def test_subscribed_observer_is_notified_of_open_close_and_reject(client: Client
     assert len(recorder.calls) == 6
 
 
+def configured_observers() -> list[Any]:
+    """The observers wired from FLOSSE["OBSERVERS"] (the app's own two left out)."""
+    return [o for o in registry.observers() if o is not watcher and o is not writer]
+
+
 def test_observer_from_settings_is_notified(client: Client) -> None:
     recorder = Recorder()
     with override_settings(FLOSSE={"OBSERVERS": [recorder]}):
-        assert registry.observers() == [recorder]
+        assert configured_observers() == [recorder]
         _exercise_observers(client)
     _assert_saw_everything(recorder)
 
 
 def test_observer_class_path_from_settings_is_instantiated() -> None:
     with override_settings(FLOSSE={"OBSERVERS": ["tests.test_registry.Recorder"]}):
-        (observer,) = registry.observers()
+        (observer,) = configured_observers()
         assert isinstance(observer, Recorder)
         connection = new_connection()
         registry.open(connection)

@@ -33,11 +33,13 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from django_flosse import dashboard, persistence
-from django_flosse.clients import MAX_HEADER_LENGTH
-from django_flosse.lifecycle import ERROR_MESSAGE
+from django_flosse import views
+from django_flosse.observing import _dashboard as dashboard
+from django_flosse.observing import _history as persistence
+from django_flosse.streaming._clients import MAX_HEADER_LENGTH
+from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.models import StreamConnection
-from django_flosse.registry import Connection, registry
+from django_flosse.observing.registry import Connection, registry
 from django_flosse.testing import collect_events, parse_events
 from tests.servers import HOST, REPO_ROOT, LiveServer
 from tests.views import SECURITY_SECRET
@@ -175,7 +177,7 @@ def test_the_feed_stream_checks_permissions_itself(role: str) -> None:
     forbidden = 0 if rejected is None else rejected.rejected["forbidden"]
     before = _dashboard_opened()
 
-    response = async_to_sync(dashboard._feed)(request)
+    response = async_to_sync(views._feed)(request)
 
     assert response.status_code == 403
     assert not response.streaming

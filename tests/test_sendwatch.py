@@ -7,8 +7,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from django_flosse.registry import Connection
-from django_flosse.sendwatch import _watches, watch_sends
+from django_flosse.observing.registry import Connection
+from django_flosse.streaming._sendwatch import _watches, watch_sends
 
 
 @dataclass(eq=False)

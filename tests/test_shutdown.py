@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from django_flosse import shutdown
-from django_flosse.registry import Connection, registry
+from django_flosse.streaming import shutdown
+from django_flosse.observing.registry import Connection, registry
 
 
 @pytest.fixture

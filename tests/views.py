@@ -303,7 +303,7 @@ def rel_state(request: HttpRequest) -> Any:
     from django.db import connections
     from django.http import JsonResponse
 
-    from django_flosse.registry import current_process, registry
+    from django_flosse.observing.registry import current_process, registry
 
     totals = registry.totals()
     active = {name: t.active for name, t in totals.items() if t.active}

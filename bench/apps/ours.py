@@ -17,7 +17,7 @@ from django.urls import include, path
 
 import django_flosse
 from django_flosse import sse_stream
-from django_flosse.registry import registry
+from django_flosse.observing.registry import registry
 
 if django_flosse.__version__ == "0.2.0":
     raise RuntimeError(f"ours imported django_flosse 0.2.0 from {django_flosse.__file__}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from django_flosse.registry import Connection
+from django_flosse.observing.registry import Connection
 
 LONG_CONNECTION_SECONDS = 60.0
 

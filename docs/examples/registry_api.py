@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django_flosse.registry import registry
+from django_flosse.observing.registry import registry
 
 
 def stream_summary() -> dict[str, dict[str, Any]]:

@@ -35,7 +35,7 @@ JSON_FORMATTER: dict[str, Any] = {
 def configure_structlog() -> None:
     """Send structlog's events to stdlib logging; ``LOGGING`` decides where they go.
 
-    Once structlog is configured, django-flosse logs through it (see django_flosse.log).
+    Once structlog is configured, django-flosse logs through it (see django_flosse.observing.log).
     """
     structlog.configure(
         processors=[

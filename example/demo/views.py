@@ -36,7 +36,7 @@ from django.views.decorators.http import require_POST
 
 from demo.models import Message
 from django_flosse import SSEEvent, sse_stream
-from django_flosse.registry import registry
+from django_flosse.observing.registry import registry
 
 #: Seconds between two polls of the message table by the feed.
 FEED_POLL = 1.0

@@ -1,6 +1,13 @@
-"""The stream lifecycle: from the producer's items to the chunks handed to the server.
+"""The life of one connection: opened (or refused), streamed, closed with one reason.
 
-One async implementation serves all four combinations of view and server (``bridge.py``
+This module owns a connection from the moment the decorator has checked permissions:
+:func:`open_stream` registers it (or refuses it at a limit) and answers with its
+:class:`~django_flosse.streaming._response.SSEResponse`; :meth:`Stream.frames` runs it; and
+:meth:`Stream.close` is the one place it is closed, whether the producer finished, failed,
+the client left, the server stopped it, or the response was closed before anything
+streamed. A reader follows a request through two files: ``decorators.py``, then this one.
+
+One async implementation serves all four combinations of view and server (``_bridge.py``
 adapts the other three), so frames, heartbeats, errors and close reasons are the same
 everywhere. Per event the hot path does one encode to bytes and a few integer updates on
 the connection: no task, no timer, no lock. Events that are ready together leave together
@@ -13,144 +20,63 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import random
 import secrets
 import time
 import uuid
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from asgiref.sync import sync_to_async
-from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase
 
-from . import reasons, shutdown
-from .db import IDLE_STEP_SECONDS, release_connections
-from .events import KEEPALIVE, encode_event, retry_frame
-from .log import STREAM_ERROR, get_logger
-from .registry import Connection, Registry, registry
-from .sendwatch import watch_sends
-from .stepping import Step
+from .. import reasons
+from ..conf import get_config
+from ..events import KEEPALIVE, retry_frame
+from ..formatters import encoder_for
+from ..observing.log import STREAM_ERROR, get_logger
+from ..observing.registry import Connection, Registry, registry
+from . import shutdown
+from ._bridge import ThreadedSource
+from ._clients import connection_for
+from ._db import IDLE_STEP_SECONDS, arelease_after_idle_step, releases_when_idle
+from ._frames import error_frame, final_frame
+from ._pacing import (
+    MIN_CHUNK_BYTES,
+    SHARE_LOOP_SECONDS,
+    cancel_requested,
+    first_of,
+    set_done,
+    yield_to_loop,
+)
+from ._response import SSEResponse, refusal, wants_gzip
+from ._sendwatch import watch_sends
+from ._stepping import Step
 
-__all__ = ["ERROR_MESSAGE", "MAX_CHUNK_BYTES", "Stream"]
+__all__ = ["FROM_SETTINGS", "MAX_CHUNK_BYTES", "Stream", "StreamOptions", "open_stream"]
 
 #: A chunk is sent once it reaches this size even if more events are ready.
 MAX_CHUNK_BYTES = 16 * 1024
-#: The chunk cap while the event loop has other work (see ``_yield_to_loop``).
-MIN_CHUNK_BYTES = 1024
-#: A turn of the loop that takes longer than this means other connections had work.
-BUSY_TURN_SECONDS = 0.0001
-#: How long a flooding stream shares the loop after a turn that showed other work.
-SHARE_LOOP_SECONDS = 0.02
-#: At most this many extra turns per chunk while sharing (see ``_yield_to_loop``).
-SHARE_TURNS = 8
-
-#: Reconnection delay suggested when the server ends a stream itself (jittered up to 2x).
-RECONNECT_AFTER_MS = 1000
-
-#: What clients see when a stream fails and ``DEBUG`` is off (plus the error id).
-ERROR_MESSAGE = "The event stream failed on the server."
-
-
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _set_done_on(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> None:
-    _set_done(waiter)
-
-
-async def _first_of(
-    fut: asyncio.Future[Any], stop: asyncio.Future[None], timeout: float | None
-) -> None:
-    """Wait until ``fut`` or ``stop`` is done, or ``timeout`` seconds passed.
-
-    ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does the same, and like it this never
-    cancels either future (``fut`` is what the producer awaits). But an idle stream spends
-    its life here, and this holds a third of the memory: one future, one callback, one timer.
-    """
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    wake = functools.partial(_set_done_on, waiter)
-    fut.add_done_callback(wake)
-    stop.add_done_callback(wake)
-    timer = None if timeout is None else loop.call_later(timeout, _set_done, waiter)
-    try:
-        await waiter
-    finally:
-        fut.remove_done_callback(wake)
-        stop.remove_done_callback(wake)
-        if timer is not None:
-            timer.cancel()
-
-
-def final_frame(reason: str) -> bytes:
-    """The last frame of a stream the server ends itself, naming the reason.
-
-    Clients should close their ``EventSource`` on ``terminated``; on ``shutdown`` and
-    ``timeout`` the ``retry`` hint is jittered so that clients do not all reconnect at once.
-    """
-    retry = None
-    if reason in (reasons.SHUTDOWN, reasons.TIMEOUT):
-        retry = random.randint(RECONNECT_AFTER_MS, 2 * RECONNECT_AFTER_MS)
-    return encode_event(json.dumps({"reason": reason}), event=reason, retry=retry).encode()
-
-
-async def _yield_to_loop(busy_at: float, took: float) -> float:
-    """Give the event loop a turn after a chunk that ``took`` seconds to make and send;
-    return when a turn last showed other work.
-
-    A producer that always has events ready would otherwise keep the loop for itself:
-    servers' ``send`` does not suspend while the socket takes the data. One turn per chunk
-    lets others run. A turn that took long shows that others had work: a new request, say,
-    which needs dozens of turns (its middleware, each hop to its thread) to send its first
-    event. For ``SHARE_LOOP_SECONDS`` after such a turn the stream shares the loop: it
-    yields turns until others have had as much time as its chunk took (at most
-    ``SHARE_TURNS``), so it takes at most about half of the loop's time, and the caller
-    keeps chunks small. Alone on the loop it yields one turn and chunks are full size,
-    which is where throughput is. Among many streams that all flood, one turn already
-    gives the others far more time than a chunk takes: no extra turns there.
-    """
-    start = now = time.monotonic()
-    for turn in range(SHARE_TURNS + 1):
-        if turn and (now - busy_at >= SHARE_LOOP_SECONDS or now - start >= took):
-            break
-        before = now
-        await asyncio.sleep(0)
-        now = time.monotonic()
-        if now - before > BUSY_TURN_SECONDS:
-            busy_at = now
-    return busy_at
-
-
-def _cancel_requested() -> bool:
-    """Is the current task being cancelled (rather than a producer's own timeout firing)?"""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    # Python 3.10 has no Task.cancelling() and no asyncio.timeout(): any cancel is real.
-    return cancelling is None or cancelling() > 0
 
 
 class Stream:
     """One connection's stream: pulls items, encodes them, counts what it sends.
 
     ``source`` is an async iterator of yielded items, or of already encoded frames when
-    ``encode`` is ``None`` (the sync bridge encodes in its own thread). ``connection`` is
-    registered already (the decorator does it, to enforce limits before answering); the
-    stream closes it exactly once, with its reason.
+    ``encode`` is ``None`` (the sync bridge encodes in its own thread); :func:`open_stream`
+    attaches it once the view returned it. ``connection`` is registered already (to enforce
+    limits before answering); :meth:`close` closes it exactly once, with its reason.
     """
 
     def __init__(
         self,
-        source: AsyncIterator[Any],
+        source: AsyncIterator[Any] | None = None,
         *,
         connection: Connection | None = None,
         name: str = "",
-        encode: Callable[[Any], bytes] | None,
+        encode: Callable[[Any], bytes] | None = None,
         heartbeat: float | None,
         max_duration: float | None = None,
         send_timeout: float | None = None,
@@ -165,14 +91,25 @@ class Stream:
         self._source = source
         self._encode = encode
         self._heartbeat = heartbeat
-        # For async views only: a sync generator's thread handles its own (see bridge.py).
+        # For async views only: a sync generator's thread handles its own (see _bridge.py).
         self._release_db_when_idle = release_db_when_idle
         self._max_duration = max_duration
         self._send_timeout = send_timeout
-        #: While the server holds a chunk: since when (``time.monotonic()``); see sendwatch.py.
+        #: While the server holds a chunk: since when (``time.monotonic()``); see _sendwatch.py.
         self.sending_since: float | None = None
         self._first = retry_frame(retry) if retry is not None else b""
         self._gzip = zlib.compressobj(wbits=31) if gzip else None
+
+    def attach(
+        self,
+        source: AsyncIterator[Any],
+        *,
+        encode: Callable[[Any], bytes] | None,
+        release_db_when_idle: bool,
+    ) -> None:
+        """Give the stream the view's items (see the class docstring)."""
+        self._source, self._encode = source, encode
+        self._release_db_when_idle = release_db_when_idle
 
     # The connection's counters, for readers of the stream.
     @property
@@ -195,15 +132,22 @@ class Stream:
     def error_id(self) -> str | None:
         return self.connection.error_id
 
+    def close(self, reason: str) -> bool:
+        """Close the connection with ``reason``: the only place it is closed. The first
+        call counts (a response closed after its stream ended closes nothing)."""
+        return self._registry.close(self.connection, reason)
+
     def close_unstarted(self) -> None:
-        """The response was closed before the server ever iterated it."""
+        """The response was closed before the server ever iterated it (a middleware
+        replaced it, the client left during the view)."""
         if not self.started:
-            self._registry.close(self.connection, reasons.CANCELLED)
+            self.close(reasons.CANCELLED)
 
     async def frames(self) -> AsyncGenerator[bytes, None]:
         """The chunks to send, in order. Close it (``aclose``) to cancel the stream."""
         self.started = True
         conn = self.connection
+        assert self._source is not None, "attach() the view's items first"
         step = Step(self._source)
         delivered = False
         encode = self._encode
@@ -217,7 +161,7 @@ class Stream:
         stop: asyncio.Future[None] = loop.create_future()
 
         def wake() -> None:
-            loop.call_soon_threadsafe(_set_done, stop)
+            loop.call_soon_threadsafe(set_done, stop)
 
         conn.wake = wake
         if conn.stop_reason is not None:
@@ -252,7 +196,7 @@ class Stream:
                         if waiting_since is None:
                             waiting_since = time.monotonic()
                         if timeout is None or timeout > 0:
-                            await _first_of(fut, stop, timeout)
+                            await first_of(fut, stop, timeout)
                         if not fut.done() and not stop.done():
                             yield self._count(KEEPALIVE)
                             last_sent = time.monotonic()
@@ -266,7 +210,7 @@ class Stream:
                             ready, item = step.throw(asyncio.CancelledError())
                         except StopAsyncIteration:
                             ready, finished = False, True
-                        if _cancel_requested():
+                        if cancel_requested():
                             delivered = True  # the producer has seen this cancellation
                             raise asyncio.CancelledError() from None
                         if ready:
@@ -304,7 +248,7 @@ class Stream:
                     if release_due:
                         release_due = False
                         # On the request's thread, where those ORM calls ran.
-                        await sync_to_async(release_connections)()
+                        await arelease_after_idle_step()
                     if heartbeat is not None:
                         last_sent = time.monotonic()
                 if finished or stop.done():
@@ -312,7 +256,7 @@ class Stream:
                 if not step.blocked():
                     # More is ready (the chunk was full) or the producer asked for a loop
                     # turn: let other connections run before the next chunk.
-                    busy_at = await _yield_to_loop(busy_at, time.monotonic() - began)
+                    busy_at = await yield_to_loop(busy_at, time.monotonic() - began)
                     shared = time.monotonic() - busy_at < SHARE_LOOP_SECONDS
                     cap = MIN_CHUNK_BYTES if shared else MAX_CHUNK_BYTES
             if stop.done():  # asked to stop: terminated, shutdown or timeout
@@ -346,7 +290,7 @@ class Stream:
                     limit.cancel()
                 if sends is not None:
                     sends.discard(self)
-                self._registry.close(conn, reason)
+                self.close(reason)
                 # (On Python 3.10's private loop each step had its own context: nothing to reset.)
                 with contextlib.suppress(ValueError):
                     structlog.contextvars.reset_contextvars(**bound)
@@ -381,7 +325,82 @@ class Stream:
             error_id=error_id,
             exc_info=exc,
         )
-        payload: dict[str, str] = {"message": ERROR_MESSAGE, "error_id": error_id}
-        if settings.DEBUG:
-            payload["detail"] = f"{type(exc).__name__}: {exc}"
-        return encode_event(json.dumps(payload), event="error").encode()
+        return error_frame(exc, error_id)
+
+
+# --------------------------------------------------------------------------- opening
+class _FromSettings:
+    def __repr__(self) -> str:
+        return "<from the FLOSSE setting>"
+
+
+#: The default of an ``@sse_stream`` option that falls back to its ``FLOSSE`` setting.
+FROM_SETTINGS: Any = _FromSettings()
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """A decorated view's options (``FROM_SETTINGS`` where the setting decides)."""
+
+    name: str
+    retry: int | None
+    heartbeat: Any
+    max_connections: Any
+    max_connections_per_user: Any
+    max_duration: Any
+    send_timeout: Any
+
+
+def _pick(option: Any, default: Any) -> Any:
+    return default if option is FROM_SETTINGS else option
+
+
+def open_stream(
+    request: HttpRequest, user: Any, make_items: Callable[[], Any], options: StreamOptions
+) -> HttpResponseBase:
+    """Register the connection (or refuse it at a limit) and answer with its stream.
+
+    ``user`` is loaded already (or ``None``); ``make_items`` calls the view, which returns
+    its generator. The connection is registered before the view runs, so limits hold
+    exactly; a view that fails to return a generator closes it with ``error``.
+    """
+    config = get_config()
+    connection = connection_for(request, options.name, user, config)
+    rejected = registry.open(
+        connection,
+        max_connections=_pick(options.max_connections, config.max_connections),
+        max_connections_per_user=_pick(
+            options.max_connections_per_user, config.max_connections_per_user
+        ),
+    )
+    if rejected:
+        return refusal(rejected, config)
+    gzip = wants_gzip(request)
+    stream = Stream(
+        connection=connection,
+        heartbeat=_pick(options.heartbeat, config.heartbeat),
+        max_duration=_pick(options.max_duration, config.max_duration),
+        send_timeout=_pick(options.send_timeout, config.send_timeout),
+        retry=options.retry,
+        gzip=gzip,
+    )
+    try:
+        items = make_items()
+        encode = encoder_for(config.json_encoder)
+        if hasattr(items, "__aiter__"):
+            stream.attach(items, encode=encode, release_db_when_idle=releases_when_idle(True))
+        elif hasattr(items, "__iter__"):
+            # Encoded in the generator's own thread, which runs on the view's connections.
+            source = ThreadedSource(
+                iter(items), encode, config.sync_read_ahead, lend_databases=True
+            )
+            stream.attach(source, encode=None, release_db_when_idle=False)
+        else:
+            raise TypeError(
+                f"the @sse_stream view {options.name} returned {type(items).__name__}; it must "
+                "be a generator (use yield) or return an iterable"
+            )
+    except BaseException:
+        stream.close(reasons.ERROR)
+        raise
+    return SSEResponse(stream, is_async=hasattr(items, "__aiter__"), gzip=gzip)

@@ -25,8 +25,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
-from .db import IDLE_STEP_SECONDS, release_connections
-from .workers import run_in_worker
+from ._db import IDLE_STEP_SECONDS, LentDatabases
+from ._workers import run_in_worker
 
 __all__ = ["ThreadedSource", "iterate_on_private_loop"]
 
@@ -34,36 +34,6 @@ __all__ = ["ThreadedSource", "iterate_on_private_loop"]
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-class _LentDatabases:
-    """The view's database connections, lent to the thread that runs its generator.
-
-    Django's connections are per thread. A sync generator is the rest of its view, so it
-    should see what the view saw: the same connection, and so the same transaction (a test's,
-    ``ATOMIC_REQUESTS``'s) and the same ``CONN_MAX_AGE`` reuse, instead of opening a new
-    connection per stream. The lending thread waits for frames meanwhile; it closes the
-    connections as usual when the request finishes.
-    """
-
-    def __init__(self) -> None:
-        from django.db import connections
-
-        self._lent = [connections[alias] for alias in connections]
-
-    def borrow(self) -> None:
-        from django.db import connections
-
-        for connection in self._lent:
-            connection.inc_thread_sharing()
-            connections[connection.alias] = connection
-
-    def give_back(self) -> None:
-        for connection in self._lent:
-            connection.dec_thread_sharing()
-
-    def release(self) -> None:
-        release_connections(self._lent)
 
 
 class ThreadedSource:
@@ -79,7 +49,7 @@ class ThreadedSource:
     ) -> None:
         """``lend_databases``: run the iterator on the database connections of the thread
         that creates this source (the view's)."""
-        self._databases = _LentDatabases() if lend_databases else None
+        self._databases = LentDatabases() if lend_databases else None
         self._iterator = iterator
         self._encode = encode
         self._ahead = ahead

@@ -10,22 +10,32 @@ Django ran its async ORM calls. The next query reconnects. A connection inside
 ``transaction.atomic()`` is never closed, so wrap work that must keep its connection (a
 cursor read across slow steps) in an atomic block.
 
-Also here, the one write the ORM has no cheap form for: :func:`update_each`, used by the
-connection history writer to update many rows with values of their own.
+Every moment of that policy has one entry point here: before streaming
+(:func:`arelease_before_streaming` for ``async def`` views, :meth:`LentDatabases.release` on
+a ``def`` view's generator thread), and after an idle step (:func:`arelease_after_idle_step`,
+:meth:`LentDatabases.release`).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any
 
-from django.db import models
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db.backends.signals import connection_created
 
-__all__ = ["IDLE_STEP_SECONDS", "opened_for_this_request", "release_connections", "update_each"]
+__all__ = [
+    "IDLE_STEP_SECONDS",
+    "LentDatabases",
+    "arelease_after_idle_step",
+    "arelease_before_streaming",
+    "release_connections",
+    "releases_when_idle",
+]
 
 #: A step of a sync generator at least this long counts as idle waiting (a poll loop).
 IDLE_STEP_SECONDS = 0.05
@@ -79,30 +89,51 @@ def opened_for_this_request() -> bool:
     return any(thread != loop_thread and _is_open(ref) for thread, ref in _opened.get())
 
 
-def update_each(objs: Sequence[models.Model], fields: Sequence[str], using: str) -> None:
-    """Write ``fields`` of every object to its row: one ``UPDATE ... WHERE pk = %s`` run
-    with ``executemany``.
+async def arelease_before_streaming() -> None:
+    """An ``async def`` view's stream is about to start: hop to the request's thread to
+    close the connections its middleware and checks opened, only if there are any."""
+    if opened_for_this_request():
+        await sync_to_async(release_connections)()
 
-    Why not ``QuerySet.bulk_update()``: it builds one ``CASE WHEN pk = ... THEN ...`` per
-    field over the whole batch, which costs Python an expression per row and field, and
-    the database a scan of the ``CASE`` for every row it updates (quadratic in the batch).
-    Closing a thousand connections at once that way took about a second of CPU;
-    ``executemany`` of one prepared statement is linear (psycopg pipelines it).
+
+async def arelease_after_idle_step() -> None:
+    """An ``async def`` view's step waited long (a poll loop's sleep): close, on the
+    request's thread, the connections its async ORM calls used there."""
+    await sync_to_async(release_connections)()
+
+
+def releases_when_idle(is_async: bool) -> bool:
+    """Does the stream release connections after idle steps itself? ``async def`` views
+    only (a sync generator's thread does its own), and only where a database is set up."""
+    return is_async and bool(settings.DATABASES)
+
+
+class LentDatabases:
+    """The view's database connections, lent to the thread that runs its generator.
+
+    Django's connections are per thread. A sync generator is the rest of its view, so it
+    should see what the view saw: the same connection, and so the same transaction (a test's,
+    ``ATOMIC_REQUESTS``'s) and the same ``CONN_MAX_AGE`` reuse, instead of opening a new
+    connection per stream. The lending thread waits for frames meanwhile; it closes the
+    connections as usual when the request finishes.
     """
-    if not objs:
-        return
-    from django.db import connections
 
-    connection = connections[using]
-    meta = objs[0]._meta
-    columns = [cast("models.Field[Any, Any]", meta.get_field(name)) for name in fields]
-    quote = connection.ops.quote_name
-    assignments = ", ".join(f"{quote(str(field.column))} = %s" for field in columns)
-    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
-    params = [
-        [field.get_db_prep_save(getattr(obj, field.attname), connection) for field in columns]
-        + [meta.pk.get_db_prep_value(obj.pk, connection)]
-        for obj in objs
-    ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
+    def __init__(self) -> None:
+        from django.db import connections
+
+        self._lent = [connections[alias] for alias in connections]
+
+    def borrow(self) -> None:
+        from django.db import connections
+
+        for connection in self._lent:
+            connection.inc_thread_sharing()
+            connections[connection.alias] = connection
+
+    def give_back(self) -> None:
+        for connection in self._lent:
+            connection.dec_thread_sharing()
+
+    def release(self) -> None:
+        """Before streaming, and after an idle step, on the generator's thread."""
+        release_connections(self._lent)

@@ -9,10 +9,14 @@ other threads see counters that are at most one chunk old, which is all a dashbo
 
 Open and close take one short process-wide lock so that connection limits are exact under
 concurrency: 200 simultaneous requests against a limit of 50 admit exactly 50.
+
+The registry knows nothing of settings or logging. ``AppConfig.ready()`` wires it
+(``observing.wiring``): the configured observers, and the hook that logs an observer's error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -22,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from . import reasons
+from .. import reasons
 
 __all__ = [
     "Connection",
@@ -31,6 +35,13 @@ __all__ = [
     "StreamTotals",
     "registry",
 ]
+
+_default_log = logging.getLogger("django_flosse")
+
+
+def _log_observer_error(observer: object, method: str) -> None:
+    """Until ``AppConfig.ready()`` sets the structlog hook: the stdlib logger."""
+    _default_log.exception("sse.observer.error observer=%r method=%s", observer, method)
 
 
 @dataclass(eq=False, slots=True)
@@ -131,14 +142,24 @@ class Registry:
         self._live: dict[str, Connection] = {}
         self._totals: dict[str, StreamTotals] = {}
         self._per_user: Counter[tuple[str, str]] = Counter()
-        self._observers: list[Observer] = []
+        # Observers are read on every open and close, never written then: each list is
+        # replaced whole, so a notification iterates a list nobody changes.
+        self._wired: list[Observer] = []  # from the settings (``observing.wiring``)
+        self._observers: list[Observer] = []  # added with subscribe()
         self._stopping: str | None = None
+        #: Called (from inside the ``except``) when an observer raises.
+        self.on_observer_error: Callable[[object, str], None] = _log_observer_error
 
     # -- observers ---------------------------------------------------------------------
+    def wire(self, observers: Iterable[Observer]) -> None:
+        """Set the observers that come from the settings (replacing the previous ones)."""
+        with self._lock:
+            self._wired = list(observers)
+
     def subscribe(self, observer: Observer) -> None:
         """Add an observer for this process (in addition to ``FLOSSE["OBSERVERS"]``)."""
         with self._lock:
-            if observer not in self._observers:
+            if observer not in self._observers and observer not in self._wired:
                 self._observers = [*self._observers, observer]
 
     def unsubscribe(self, observer: Observer) -> None:
@@ -146,18 +167,16 @@ class Registry:
             self._observers = [o for o in self._observers if o is not observer]
 
     def observers(self) -> list[Observer]:
-        from .conf import get_config
-
-        return [*get_config().observers, *self._observers]
+        """Every observer notified: the wired ones, then the subscribed ones."""
+        return [*self._wired, *self._observers]
 
     def _notify(self, method: str, *args: Any) -> None:
-        for observer in self.observers():
-            try:
-                getattr(observer, method)(*args)
-            except Exception:  # an observer must never break a stream
-                from .log import OBSERVER_ERROR, get_logger
-
-                get_logger().exception(OBSERVER_ERROR, observer=repr(observer), method=method)
+        for observers in (self._wired, self._observers):
+            for observer in observers:
+                try:
+                    getattr(observer, method)(*args)
+                except Exception:  # an observer must never break a stream
+                    self.on_observer_error(observer, method)
 
     # -- lifecycle -----------------------------------------------------------------------
     def open(
@@ -174,13 +193,13 @@ class Registry:
         with self._lock:
             totals = self._totals.get(name) or self._totals.setdefault(name, StreamTotals(name))
             if max_connections is not None and totals.active >= max_connections:
-                rejected: str | None = "stream_limit"
+                rejected: str | None = reasons.STREAM_LIMIT
             elif (
                 max_connections_per_user is not None
                 and user_key is not None
                 and self._per_user[user_key] >= max_connections_per_user
             ):
-                rejected = "user_limit"
+                rejected = reasons.USER_LIMIT
             else:
                 rejected = None
                 if self._stopping is not None:  # shutting down: it ends at its first step

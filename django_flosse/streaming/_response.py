@@ -1,4 +1,6 @@
-"""``SSEResponse``: a ``StreamingHttpResponse`` that streams event by event on any server.
+"""The HTTP side of a stream: ``SSEResponse``, gzip negotiation, and the refusals.
+
+``SSEResponse`` is a ``StreamingHttpResponse`` that streams event by event on any server.
 
 Django decides how to iterate a streaming response from the kind of its iterator and
 buffers the mismatched cases whole. This subclass answers both ways itself: ``__aiter__``
@@ -9,15 +11,21 @@ honoured: its iterator is bridged the same way, never buffered.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.http import StreamingHttpResponse
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, StreamingHttpResponse
 
-from .bridge import ThreadedSource, iterate_on_private_loop
-from .lifecycle import Stream
+from .. import reasons
+from ..conf import Config
+from ._bridge import ThreadedSource, iterate_on_private_loop
 
-__all__ = ["SSEResponse"]
+if TYPE_CHECKING:
+    from ._lifecycle import Stream
+
+__all__ = ["SSEResponse", "refusal", "wants_gzip"]
 
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
@@ -82,3 +90,27 @@ class SSEResponse(StreamingHttpResponse):
         # stream (and the user's generator) is closed then, not whenever it is collected.
         self._resource_closers.append(frames.close)  # type: ignore[attr-defined]
         return frames
+
+
+_GZIP_MIDDLEWARE = "django.middleware.gzip.GZipMiddleware"
+_ACCEPTS_GZIP = re.compile(r"\bgzip\b")
+
+
+def wants_gzip(request: HttpRequest) -> bool:
+    accept = getattr(request, "META", {}).get("HTTP_ACCEPT_ENCODING", "")
+    return (
+        isinstance(accept, str)
+        and bool(_ACCEPTS_GZIP.search(accept))
+        and _GZIP_MIDDLEWARE in getattr(settings, "MIDDLEWARE", ())
+    )
+
+
+def refusal(reason: str, config: Config) -> HttpResponse:
+    """The answer to a refused request: ``403``, or ``503``/``429`` with ``Retry-After``."""
+    if reason == reasons.FORBIDDEN:
+        return HttpResponseForbidden()
+    # The stream is full (503) / this user holds enough connections (429).
+    status = 503 if reason == reasons.STREAM_LIMIT else 429
+    response = HttpResponse(status=status)
+    response["Retry-After"] = str(config.limit_retry_after)
+    return response

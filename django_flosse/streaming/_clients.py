@@ -11,8 +11,8 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from .conf import Config
-from .registry import Connection, current_process
+from ..conf import Config
+from ..observing.registry import Connection, current_process
 
 __all__ = ["client_ip", "connection_for"]
 

@@ -9,17 +9,18 @@ validated, user keys converted to the key's type, and users deleted meanwhile fo
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import router
+from django.db import connections, models, router
 from django.db.models import ForeignKey
 from django.utils import timezone
 
-from .models import StreamConnection
+from ..models import StreamConnection
 from .registry import Connection, current_process
 
 __all__ = ["as_datetime", "forget_deleted_users", "history_row"]
@@ -99,3 +100,30 @@ def forget_deleted_users(objs: list[StreamConnection]) -> None:
     for obj in objs:
         if obj.user_id is not None and obj.user_id not in existing:
             obj.user_id = None
+
+
+def update_each(objs: Sequence[models.Model], fields: Sequence[str], using: str) -> None:
+    """Write ``fields`` of every object to its row: one ``UPDATE ... WHERE pk = %s`` run
+    with ``executemany``.
+
+    Why not ``QuerySet.bulk_update()``: it builds one ``CASE WHEN pk = ... THEN ...`` per
+    field over the whole batch, which costs Python an expression per row and field, and
+    the database a scan of the ``CASE`` for every row it updates (quadratic in the batch).
+    Closing a thousand connections at once that way took about a second of CPU;
+    ``executemany`` of one prepared statement is linear (psycopg pipelines it).
+    """
+    if not objs:
+        return
+    connection = connections[using]
+    meta = objs[0]._meta
+    columns = [cast("models.Field[Any, Any]", meta.get_field(name)) for name in fields]
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(str(field.column))} = %s" for field in columns)
+    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"
+    params = [
+        [field.get_db_prep_save(getattr(obj, field.attname), connection) for field in columns]
+        + [meta.pk.get_db_prep_value(obj.pk, connection)]
+        for obj in objs
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)

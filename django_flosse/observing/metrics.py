@@ -74,36 +74,33 @@ CONNECTION_DURATION = Histogram(
 )
 
 
-class _Folding:
-    """What of each live connection's counters is already in Prometheus: one per process,
-    shared by every MetricsObserver (settings changes build new observers mid-stream)."""
+class MetricsObserver:
+    """Keeps the metrics above up to date from the registry's notifications.
+
+    It remembers how much of each live connection's counters is already in Prometheus, so
+    one instance must see a connection from open to close: ``AppConfig.ready()`` wires one
+    per process and keeps it across settings changes (``observing.wiring``).
+    """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.folded: dict[Connection, list[int]] = {}
-        self.thread: threading.Thread | None = None
-
-
-_folding = _Folding()
-
-
-class MetricsObserver:
-    """Keeps the metrics above up to date from the registry's notifications."""
+        self._lock = threading.Lock()
+        self._folded: dict[Connection, list[int]] = {}
+        self._thread: threading.Thread | None = None
 
     def connection_opened(self, connection: Connection) -> None:
         CONNECTIONS_ACTIVE.labels(connection.stream).inc()
         CONNECTIONS_OPENED.labels(connection.stream).inc()
-        with _folding.lock:
-            _folding.folded[connection] = [0, 0]
-            if _folding.thread is None or not _folding.thread.is_alive():
-                _folding.thread = threading.Thread(
-                    target=_fold_forever, name="flosse-metrics", daemon=True
+        with self._lock:
+            self._folded[connection] = [0, 0]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._fold_forever, name="flosse-metrics", daemon=True
                 )
-                _folding.thread.start()
+                self._thread.start()
 
     def connection_closed(self, connection: Connection) -> None:
-        with _folding.lock:
-            _fold(connection, _folding.folded.pop(connection, [0, 0]))
+        with self._lock:
+            _fold(connection, self._folded.pop(connection, [0, 0]))
         CONNECTIONS_ACTIVE.labels(connection.stream).dec()
         CONNECTIONS_CLOSED.labels(connection.stream, connection.close_reason or "").inc()
         CONNECTION_DURATION.labels(connection.stream).observe(connection.duration)
@@ -111,17 +108,34 @@ class MetricsObserver:
     def connection_rejected(self, stream: str, reason: str) -> None:
         CONNECTIONS_REJECTED.labels(stream, reason).inc()
 
+    def forget(self) -> None:
+        """Stop folding the connections seen so far (tests reset the registry under them)."""
+        with self._lock:
+            self._folded.clear()
+
     def fold(self) -> None:
         """Fold every live connection's new events and bytes into the counters now."""
-        fold_all()
+        # One lock for the whole fold (once a second, never per event), so a connection
+        # closing meanwhile cannot fold the same events twice.
+        with self._lock:
+            for connection, folded in self._folded.items():
+                _fold(connection, folded)
 
-
-def fold_all() -> None:
-    # One lock for the whole fold (once a second, never per event), so a connection
-    # closing meanwhile cannot fold the same events twice.
-    with _folding.lock:
-        for connection, folded in _folding.folded.items():
-            _fold(connection, folded)
+    def _fold_forever(self) -> None:
+        """The folding thread: runs while connections are live, then stops until the next
+        (starting a thread per connection would cost each one)."""
+        idle_since = None
+        while True:
+            with self._lock:
+                if self._folded:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= FOLDER_IDLE_EXIT:
+                    self._thread = None
+                    return
+            self.fold()
+            time.sleep(FOLD_INTERVAL)
 
 
 def _fold(connection: Connection, folded: list[int]) -> None:
@@ -136,21 +150,5 @@ def _fold(connection: Connection, folded: list[int]) -> None:
 
 
 #: Seconds without a live connection after which the folding thread stops (it is started
-#: again by the next connection; starting a thread per connection would cost each one).
+#: again by the next connection).
 FOLDER_IDLE_EXIT = 60.0
-
-
-def _fold_forever() -> None:
-    """The folding thread: runs while connections are live, then stops until the next."""
-    idle_since = None
-    while True:
-        with _folding.lock:
-            if _folding.folded:
-                idle_since = None
-            elif idle_since is None:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since >= FOLDER_IDLE_EXIT:
-                _folding.thread = None
-                return
-        fold_all()
-        time.sleep(FOLD_INTERVAL)

@@ -15,8 +15,8 @@ import time
 import weakref
 from typing import Protocol
 
-from . import reasons
-from .registry import Connection
+from .. import reasons
+from ..observing.registry import Connection
 
 __all__ = ["Sender", "watch_sends"]
 

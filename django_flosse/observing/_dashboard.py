@@ -1,4 +1,4 @@
-"""The live admin dashboard: a page, the SSE feed that keeps it current, and terminate.
+"""The admin dashboard's data: what its SSE feed (``views.py``) reads and sends.
 
 Why it is built this way (read before "simplifying"):
 
@@ -6,7 +6,7 @@ Why it is built this way (read before "simplifying"):
   sends one ``snapshot`` event on connect, then an ``update`` event only when something
   changed: the decorator's keep-alive comments hold the connection in between.
 * Every process and host writes its connections to ``StreamConnection``
-  (``persistence.py``), so the feed reads that table every :data:`POLL_INTERVAL` to see the
+  (``observing._history``), so the feed reads that table every :data:`POLL_INTERVAL` to see the
   whole deployment. This process's own rows lag its registry by up to ``FLUSH_INTERVAL``, so
   for this process the feed reads the registry instead (SQL filters on ``process``), and a
   registry observer wakes the feed the moment a local connection opens or closes.
@@ -26,41 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from datetime import timezone as dt_timezone
-from typing import Any, cast
+from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.db import connections
 from django.db.models import Count, Q, Sum
-from django.http import (
-    HttpRequest,
-    HttpResponse,
-    HttpResponseBadRequest,
-    HttpResponseBase,
-    HttpResponseForbidden,
-    HttpResponseNotAllowed,
-    JsonResponse,
-)
-from django.template.response import TemplateResponse
-from django.urls import URLPattern, path
 from django.utils import timezone
-from django.utils.translation import gettext as _
 
-from . import reasons
-from .conf import get_config
-from .decorators import sse_stream
-from .permissions import BaseSSEPermission
+from .. import reasons
+from ..conf import get_config
 from .registry import Connection, current_process, registry
 
-__all__ = ["DASHBOARD_STREAM", "POLL_INTERVAL", "WINDOW", "admin_urls"]
+__all__ = ["DASHBOARD_STREAM", "MIN_POLL_GAP", "POLL_INTERVAL", "WINDOW", "Feed", "watcher"]
 
 #: The feed's own stream name (left out of what the dashboard shows).
 DASHBOARD_STREAM = "django_flosse.dashboard"
@@ -75,29 +56,6 @@ WINDOW = 600
 HISTORY_POINTS = 60
 #: Seconds after which the base of the rate computation moves forward (see ``_Feed``).
 REBASE_EVERY = 60.0
-
-VIEW_PERMISSIONS = ("django_flosse.view_streamconnection", "django_flosse.change_streamconnection")
-TERMINATE_PERMISSION = "django_flosse.terminate_streamconnection"
-#: Connection ids accepted by terminate (``uuid4().hex``, but any short token is fine).
-_CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
-MAX_TERMINATE = 1000
-
-
-def _can_view(user: Any) -> bool:
-    """Staff with the model's view permission (change implies view, as in the admin)."""
-    return bool(
-        user is not None
-        and user.is_active
-        and user.is_staff
-        and any(user.has_perm(perm) for perm in VIEW_PERMISSIONS)
-    )
-
-
-class _CanViewConnections(BaseSSEPermission):
-    """Second line of defence: the stream view checks again if routed without the wrapper."""
-
-    async def has_permission(self, request: HttpRequest) -> bool:
-        return await sync_to_async(_can_view)(getattr(request, "user", None))
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -128,13 +86,11 @@ class _LocalWatcher:
         self._buckets: deque[tuple[int, Counter[tuple[str, str]]]] = deque()
         self.since = time.time()
 
-    def ensure_subscribed(self) -> None:
-        # registry.reset() (tests) forgets observers: start counting afresh if it did.
-        if self not in registry.observers():
-            with self._lock:
-                self._buckets.clear()
-                self.since = time.time()
-            registry.subscribe(self)
+    def reset(self) -> None:
+        """Forget the counts (tests reset the registry too)."""
+        with self._lock:
+            self._buckets.clear()
+            self.since = time.time()
 
     def listen(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> int:
         with self._lock:
@@ -182,7 +138,8 @@ class _LocalWatcher:
         pass
 
 
-_watcher = _LocalWatcher()
+#: This process's watcher (wired to the registry by ``observing.wiring``).
+watcher = _LocalWatcher()
 
 
 # --------------------------------------------------------------------------- the feed's state
@@ -209,7 +166,7 @@ def _local_row(c: Connection) -> dict[str, Any]:
     }  # fmt: skip
 
 
-class _Feed:
+class Feed:
     """What one dashboard connection has sent, to send only what changed.
 
     Rates are deltas of per-stream running totals: this process's registry totals plus the
@@ -260,12 +217,12 @@ class _Feed:
                 "remove": remove}  # fmt: skip
 
     def _collect(self, now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-        from .models import StreamConnection
+        from ..models import StreamConnection
 
         rebase = now - self._rebased >= REBASE_EVERY
         if rebase:
             self._base, self._rebased = now - self._margin, now
-        start, since = now - WINDOW, _watcher.since
+        start, since = now - WINDOW, watcher.since
         # Other processes from the table; this one from its registry and watcher (whose
         # counts begin at ``since``: older rows of this process are counted from SQL).
         remote = ~Q(process=self.me)
@@ -299,7 +256,7 @@ class _Feed:
         )
         totals = {n: t for n, t in registry.totals().items() if n != DASHBOARD_STREAM}
         local = [c for c in registry.live() if c.stream != DASHBOARD_STREAM]
-        local_counts = _watcher.counts(start)
+        local_counts = watcher.counts(start)
 
         streams: dict[str, dict[str, int]] = {}
         for agg in aggregates:
@@ -342,7 +299,7 @@ class _Feed:
 
     def _history(self, now: float) -> list[list[float]]:
         """Active connections over the last WINDOW, from the table (all processes)."""
-        from .models import StreamConnection
+        from ..models import StreamConnection
 
         step = WINDOW / HISTORY_POINTS
         times = [now - WINDOW + i * step for i in range(HISTORY_POINTS + 1)]
@@ -360,120 +317,3 @@ class _Feed:
             .aggregate(**counts)
         )
         return [[round(t, 3), result[f"p{i}"]] for i, t in enumerate(times)]
-
-
-@sse_stream(name=DASHBOARD_STREAM, permission_classes=[_CanViewConnections])
-async def _feed(request: HttpRequest) -> AsyncIterator[Any]:
-    """``snapshot`` once, then ``update`` whenever something changed."""
-    _watcher.ensure_subscribed()
-    feed = _Feed(get_config().dashboard_top)
-    # One thread of its own for the queries: off the event loop on every server, and its
-    # database connection is closed when the feed ends (below).
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flosse-dashboard")
-    wake = asyncio.Event()
-    token = _watcher.listen(asyncio.get_running_loop(), wake)
-
-    def run(method: Callable[[], dict[str, Any] | None]) -> Any:
-        return sync_to_async(method, thread_sensitive=False, executor=executor)()
-
-    try:
-        yield ("snapshot", await run(feed.snapshot))
-        last = time.monotonic()
-        while True:
-            timeout = last + POLL_INTERVAL - time.monotonic()
-            if timeout > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout)
-            await asyncio.sleep(max(0.0, last + MIN_POLL_GAP - time.monotonic()))
-            wake.clear()
-            last = time.monotonic()
-            update = await run(feed.poll)
-            if update is not None:
-                yield ("update", update)
-    finally:
-        _watcher.unlisten(token)
-        executor.submit(connections.close_all)  # runs before the thread exits
-        executor.shutdown(wait=False)
-
-
-# --------------------------------------------------------------------------- admin views
-def _messages() -> dict[str, str]:
-    """The script's words, translated here and handed over with ``json_script``."""
-    return {
-        "live": _("Live"),
-        "reconnecting": _("Connection lost, reconnecting…"),
-        "stopped": _("The server ended the live feed."),
-        "failed": _("The live feed is unavailable (signed out?). Retrying…"),
-        "showing": _("showing %(shown)s of %(total)s"),
-        "terminate": _("Terminate"),
-        "terminating": _("Terminating…"),
-        "confirm": _("Terminate this connection? Its client gets a final “terminated” event."),
-        "terminate_failed": _("Terminate failed (HTTP %(status)s)."),
-        "active": _("active"),
-        "opened": _("opened"),
-        "cancelled": _("cancelled"),
-        "errors": _("errors"),
-        "events_per_s": _("events/s"),
-        "bytes_per_s": _("bytes/s"),
-        "ago": _("%(time)s ago"),
-        "never": _("never"),
-    }
-
-
-def admin_urls(model_admin: Any) -> list[URLPattern]:
-    """The dashboard's URLs, for ``StreamConnectionAdmin.get_urls()`` to prepend.
-
-    Names (in the admin site's namespace): ``django_flosse_dashboard`` (the page),
-    ``django_flosse_dashboard_stream`` (its SSE feed) and ``django_flosse_dashboard_terminate``
-    (POST). ``admin_view`` sends anonymous users to the admin login, adds CSRF protection,
-    and marks the responses uncacheable.
-    """
-    site = model_admin.admin_site
-    opts = model_admin.model._meta
-
-    def page(request: HttpRequest) -> HttpResponse:
-        if not _can_view(request.user):
-            return HttpResponseForbidden()
-        request.current_app = site.name
-        context = {
-            **site.each_context(request),
-            "title": _("Live dashboard"),
-            "opts": opts,
-            "can_terminate": request.user.has_perm(TERMINATE_PERMISSION),
-            "window_minutes": WINDOW // 60,
-            "top": get_config().dashboard_top,
-            "messages_js": _messages(),
-        }
-        return TemplateResponse(request, "django_flosse/dashboard.html", context)
-
-    def feed(request: HttpRequest) -> HttpResponseBase:
-        # Checked before anything streams: the stream is never opened for them.
-        if not _can_view(request.user):
-            return HttpResponseForbidden()
-        # @sse_stream turned the async generator into a coroutine view returning a response.
-        stream_view = cast("Callable[[HttpRequest], Awaitable[HttpResponseBase]]", _feed)
-        return async_to_sync(stream_view)(request)
-
-    def terminate(request: HttpRequest) -> HttpResponse:
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        if not (_can_view(request.user) and request.user.has_perm(TERMINATE_PERMISSION)):
-            return HttpResponseForbidden()
-        ids = request.POST.getlist("connection_id")
-        if not ids or len(ids) > MAX_TERMINATE or not all(map(_CONNECTION_ID.fullmatch, ids)):
-            return HttpResponseBadRequest("connection_id: 1 to 1000 connection ids")
-        # Imported here: persistence starts threads and touches the database.
-        from .persistence import request_stop
-
-        stopped = request_stop(ids, reason=reasons.TERMINATED)
-        return JsonResponse({"requested": len(ids), "stopped": stopped})
-
-    return [
-        path("dashboard/", site.admin_view(page), name="django_flosse_dashboard"),
-        path("dashboard/stream/", site.admin_view(feed), name="django_flosse_dashboard_stream"),
-        path(
-            "dashboard/terminate/",
-            site.admin_view(terminate),
-            name="django_flosse_dashboard_terminate",
-        ),
-    ]

@@ -35,30 +35,25 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import DataError, IntegrityError, close_old_connections, router, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from . import reasons
-from .conf import get_config
-from .db import update_each
-from .log import get_logger
-from .models import StreamConnection
+from .. import reasons
+from ..conf import get_config
+from ..models import StreamConnection
+from ..terminate import close_lost
+from ._rows import as_datetime, forget_deleted_users, history_row, update_each
+from .log import PERSISTENCE_DROPPED, PERSISTENCE_ERROR, PERSISTENCE_RECOVERED, get_logger
 from .registry import Connection, Registry, current_process, registry
-from .rows import as_datetime, forget_deleted_users, history_row
 
-__all__ = ["PersistenceWriter", "close_lost", "request_stop", "writer"]
+__all__ = ["PersistenceWriter", "writer"]
 
-#: Log events of the writer (stable names, like those in ``log.py``).
-PERSISTENCE_ERROR = "sse.persistence.error"
-PERSISTENCE_RECOVERED = "sse.persistence.recovered"
-PERSISTENCE_DROPPED = "sse.persistence.dropped"
-CONNECTIONS_LOST = "sse.connection.lost"
 
 #: Rows per INSERT/UPDATE statement (well under SQLite's variable limit).
 BATCH_SIZE = 500
@@ -424,52 +419,6 @@ def _pks(connection_ids: list[str]) -> dict[str, Any]:
         batch = connection_ids[start : start + BATCH_SIZE]
         pks.update(_objects().filter(connection_id__in=batch).values_list("connection_id", "pk"))
     return pks
-
-
-def close_lost() -> int:
-    """Close as ``lost`` the open rows of other processes not refreshed for ``LOST_AFTER``.
-
-    Run by every writer as it flushes; the admin calls it too, so the history is right even
-    when no process of the deployment is streaming. Returns how many rows it closed.
-    """
-    cutoff = timezone.now() - timedelta(seconds=get_config().lost_after)
-    stale = _objects().filter(closed_at__isnull=True, last_seen_at__lt=cutoff)
-    stale = stale.exclude(process=current_process())
-    try:
-        count: int = stale.update(closed_at=F("last_seen_at"), close_reason=reasons.LOST)
-    except Exception:
-        get_logger().exception(PERSISTENCE_ERROR, during="close_lost")
-        raise
-    if count:
-        get_logger().warning(CONNECTIONS_LOST, connections=count)
-    return count
-
-
-def request_stop(connection_ids: Iterable[str], reason: str = reasons.TERMINATED) -> int:
-    """Ask connections to end with ``reason``, wherever they run; returns how many were open.
-
-    Live connections of this process stop at once. For the others, the request is written
-    to their rows (``stop_requested``): the owning process, on any host, polls it at its
-    next flush and ends them within ``FLUSH_INTERVAL``. Blocking (database): async code calls
-    it through ``sync_to_async``. A database error propagates after the local stops.
-    """
-    if reason not in reasons.CLOSE_REASONS:
-        raise ValueError(
-            f"unknown close reason {reason!r}; expected one of {reasons.CLOSE_REASONS}"
-        )
-    ids = list(dict.fromkeys(connection_ids))
-    asked = set()
-    for connection_id in ids:
-        connection = registry.get(connection_id)
-        if connection is not None and connection.request_stop(reason):
-            asked.add(connection_id)
-    for start in range(0, len(ids), BATCH_SIZE):
-        rows = _objects().filter(
-            connection_id__in=ids[start : start + BATCH_SIZE], closed_at__isnull=True
-        )
-        asked.update(rows.values_list("connection_id", flat=True))
-        rows.update(stop_requested=reason)
-    return len(asked)
 
 
 # -- one writer per process ------------------------------------------------------------

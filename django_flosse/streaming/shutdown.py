@@ -27,8 +27,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from . import reasons
-from .registry import registry
+from .. import reasons
+from ..observing.registry import registry
 
 __all__ = ["ensure_installed", "install_signal_handlers", "shutdown"]
 
@@ -82,7 +82,7 @@ def ensure_installed() -> None:
         return
     if threading.current_thread() is not threading.main_thread():
         return  # gunicorn's stream threads: ready() chained the worker's handlers already
-    from .conf import get_config
+    from ..conf import get_config
 
     if get_config().shutdown_signals:
         _checked_from_a_stream = True

@@ -16,13 +16,18 @@ if TYPE_CHECKING:
     from .registry import Connection
 
 __all__ = [
+    "CONNECTIONS_LOST",
     "CONNECTION_CLOSED",
     "CONNECTION_OPENED",
     "CONNECTION_REJECTED",
     "OBSERVER_ERROR",
+    "PERSISTENCE_DROPPED",
+    "PERSISTENCE_ERROR",
+    "PERSISTENCE_RECOVERED",
     "STREAM_ERROR",
     "LogObserver",
     "get_logger",
+    "log_observer_error",
 ]
 
 CONNECTION_OPENED = "sse.connection.opened"
@@ -30,6 +35,11 @@ CONNECTION_CLOSED = "sse.connection.closed"
 CONNECTION_REJECTED = "sse.connection.rejected"
 STREAM_ERROR = "sse.stream.error"
 OBSERVER_ERROR = "sse.observer.error"
+# The connection history (``observing._history``, ``terminate``).
+CONNECTIONS_LOST = "sse.connection.lost"
+PERSISTENCE_ERROR = "sse.persistence.error"
+PERSISTENCE_RECOVERED = "sse.persistence.recovered"
+PERSISTENCE_DROPPED = "sse.persistence.dropped"
 
 _STDLIB_LOGGER = logging.getLogger("django_flosse")
 
@@ -95,3 +105,8 @@ class LogObserver:
 
     def connection_rejected(self, stream: str, reason: str) -> None:
         get_logger().warning(CONNECTION_REJECTED, stream=stream, reason=reason)
+
+
+def log_observer_error(observer: object, method: str) -> None:
+    """The registry's hook for an observer that raised (called inside the ``except``)."""
+    get_logger().exception(OBSERVER_ERROR, observer=repr(observer), method=method)

@@ -1,0 +1,93 @@
+"""How a stream waits and shares its event loop: the helpers of the lifecycle's hot loop.
+
+Kept apart so that ``_lifecycle.py`` reads as the life of one connection. Nothing here
+allocates per event: waiting is one future and one timer per wait, sharing is a few
+``asyncio.sleep(0)`` turns per chunk at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Any
+
+__all__ = ["MIN_CHUNK_BYTES", "SHARE_LOOP_SECONDS", "cancel_requested", "first_of", "set_done",
+           "yield_to_loop"]  # fmt: skip
+
+#: The chunk cap while the event loop has other work (see ``_yield_to_loop``).
+MIN_CHUNK_BYTES = 1024
+#: A turn of the loop that takes longer than this means other connections had work.
+BUSY_TURN_SECONDS = 0.0001
+#: How long a flooding stream shares the loop after a turn that showed other work.
+SHARE_LOOP_SECONDS = 0.02
+#: At most this many extra turns per chunk while sharing (see ``_yield_to_loop``).
+SHARE_TURNS = 8
+
+
+def set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _set_done_on(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> None:
+    set_done(waiter)
+
+
+async def first_of(
+    fut: asyncio.Future[Any], stop: asyncio.Future[None], timeout: float | None
+) -> None:
+    """Wait until ``fut`` or ``stop`` is done, or ``timeout`` seconds passed.
+
+    ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does the same, and like it this never
+    cancels either future (``fut`` is what the producer awaits). But an idle stream spends
+    its life here, and this holds a third of the memory: one future, one callback, one timer.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    wake = functools.partial(_set_done_on, waiter)
+    fut.add_done_callback(wake)
+    stop.add_done_callback(wake)
+    timer = None if timeout is None else loop.call_later(timeout, set_done, waiter)
+    try:
+        await waiter
+    finally:
+        fut.remove_done_callback(wake)
+        stop.remove_done_callback(wake)
+        if timer is not None:
+            timer.cancel()
+
+
+async def yield_to_loop(busy_at: float, took: float) -> float:
+    """Give the event loop a turn after a chunk that ``took`` seconds to make and send;
+    return when a turn last showed other work.
+
+    A producer that always has events ready would otherwise keep the loop for itself:
+    servers' ``send`` does not suspend while the socket takes the data. One turn per chunk
+    lets others run. A turn that took long shows that others had work: a new request, say,
+    which needs dozens of turns (its middleware, each hop to its thread) to send its first
+    event. For ``SHARE_LOOP_SECONDS`` after such a turn the stream shares the loop: it
+    yields turns until others have had as much time as its chunk took (at most
+    ``SHARE_TURNS``), so it takes at most about half of the loop's time, and the caller
+    keeps chunks small. Alone on the loop it yields one turn and chunks are full size,
+    which is where throughput is. Among many streams that all flood, one turn already
+    gives the others far more time than a chunk takes: no extra turns there.
+    """
+    start = now = time.monotonic()
+    for turn in range(SHARE_TURNS + 1):
+        if turn and (now - busy_at >= SHARE_LOOP_SECONDS or now - start >= took):
+            break
+        before = now
+        await asyncio.sleep(0)
+        now = time.monotonic()
+        if now - before > BUSY_TURN_SECONDS:
+            busy_at = now
+    return busy_at
+
+
+def cancel_requested() -> bool:
+    """Is the current task being cancelled (rather than a producer's own timeout firing)?"""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    # Python 3.10 has no Task.cancelling() and no asyncio.timeout(): any cancel is real.
+    return cancelling is None or cancelling() > 0
