@@ -26,6 +26,7 @@ from django.utils import timezone
 from structlog.testing import capture_logs
 
 from django_flosse.observing import _history as persistence
+from django_flosse.observing import _rows
 from django_flosse.models import StreamConnection
 from django_flosse.observing._history import PersistenceWriter
 from django_flosse.terminate import close_lost, request_stop
@@ -147,13 +148,13 @@ def test_a_close_that_arrives_while_its_insert_is_in_flight_is_written(
     writer: PersistenceWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     connection = open_connection()
-    original = writer._close
+    original = persistence.close_rows
 
     def close_meanwhile(*args: Any) -> None:
         registry.close(connection, "cancelled")  # the row was built open a moment ago
         original(*args)
 
-    monkeypatch.setattr(writer, "_close", close_meanwhile)
+    monkeypatch.setattr(persistence, "close_rows", close_meanwhile)
     writer.flush()
     assert row(connection).closed_at is None
     monkeypatch.undo()
@@ -167,7 +168,7 @@ def test_one_flush_is_a_few_queries_however_many_connections(
 ) -> None:
     connections = [open_connection() for _ in range(1200)]
     fields = StreamConnection._meta.concrete_fields
-    per_insert = min(persistence.BATCH_SIZE, db_connection.ops.bulk_batch_size(fields, connections))
+    per_insert = min(_rows.BATCH_SIZE, db_connection.ops.bulk_batch_size(fields, connections))
     inserts = math.ceil(1200 / per_insert)  # 3 on PostgreSQL, 22 on SQLite (999 variables)
     # + claim, refresh, stop poll, lost check and transaction control
     with django_assert_max_num_queries(inserts + 8):

@@ -36,27 +36,22 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from django.db import DataError, IntegrityError, close_old_connections, router, transaction
+from django.db import close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from .. import reasons
 from ..conf import get_config
-from ..models import StreamConnection
 from ..terminate import close_lost
-from ._rows import as_datetime, forget_deleted_users, history_row, update_each
+from ._rows import OpenRow, close_rows, db, insert_rows, objects, refresh_rows
 from .log import PERSISTENCE_DROPPED, PERSISTENCE_ERROR, PERSISTENCE_RECOVERED, get_logger
 from .registry import Connection, Registry, current_process, registry
 
 __all__ = ["PersistenceWriter", "writer"]
 
 
-#: Rows per INSERT/UPDATE statement (well under SQLite's variable limit).
-BATCH_SIZE = 500
 #: Connections kept waiting for their first insert while the database is down; beyond it
 #: the oldest are dropped (with a log line) rather than growing without bound.
 MAX_PENDING = 100_000
@@ -64,18 +59,6 @@ MAX_PENDING = 100_000
 ERROR_LOG_INTERVAL = 60.0
 #: Seconds the exit handler waits for a last flush of closed connections.
 EXIT_FLUSH_TIMEOUT = 3.0
-
-_COUNTER_FIELDS = ["events_sent", "bytes_sent", "last_event_at"]
-_CLOSE_FIELDS = [*_COUNTER_FIELDS, "closed_at", "close_reason", "error_id", "last_seen_at"]
-
-
-@dataclass
-class _Open:
-    """An open connection whose row exists, with the counters last written to it."""
-
-    connection: Connection
-    pk: Any
-    written: tuple[int, int, float | None]
 
 
 class PersistenceWriter:
@@ -98,7 +81,7 @@ class PersistenceWriter:
         self._flushing = threading.Lock()  # one flush at a time (thread or flush())
         self._pending: dict[str, Connection] = {}  # opened, no row yet
         self._finished: dict[str, Connection] = {}  # closed, row not closed yet
-        self._open: dict[str, _Open] = {}
+        self._open: dict[str, OpenRow] = {}
         # Every connection this writer owes a closed row, from its open notification until
         # that row is written: a close that arrives while its insert is in flight (neither
         # pending nor open) must not be dropped, or the row would stay open for ever.
@@ -238,14 +221,14 @@ class PersistenceWriter:
         now = timezone.now()
         me = current_process()
         try:
-            with transaction.atomic(using=_db()):
+            with transaction.atomic(using=db()):
                 if not self._claimed:  # nothing of ours is written yet: none are ours
-                    _objects().filter(process=me, closed_at__isnull=True).update(
+                    objects().filter(process=me, closed_at__isnull=True).update(
                         closed_at=F("last_seen_at"), close_reason=reasons.LOST
                     )
-                inserted = self._insert(pending, now)
-                self._close(finished, known, inserted)
-                moved = self._refresh(known, finished, me, now)
+                inserted = insert_rows(pending, now)
+                close_rows(finished, known, inserted)
+                moved = refresh_rows(known, finished, me, now)
         except Exception as exc:
             with self._lock:
                 self._pending = {**pending, **self._pending}
@@ -259,7 +242,7 @@ class PersistenceWriter:
                 self._tracked.discard(connection_id)
             self._open.update(moved)
             self._open.update(
-                (c.id, _Open(c, pk, (c.events_sent, c.bytes_sent, c.last_event_at)))
+                (c.id, OpenRow(c, pk, (c.events_sent, c.bytes_sent, c.last_event_at)))
                 for c, pk, was_closed in inserted
                 if not was_closed and c.id not in finished
             )
@@ -270,103 +253,13 @@ class PersistenceWriter:
             self._failing_since = None
         return True
 
-    def _insert(
-        self, pending: dict[str, Connection], now: datetime
-    ) -> list[tuple[Connection, Any, bool]]:
-        """Insert the rows; returns (connection, pk, row written closed) per connection."""
-        rows = [(c, history_row(c, now)) for c in pending.values()]
-        objs = [obj for _, obj in rows]
-        forget_deleted_users(objs)
-        try:
-            with transaction.atomic(using=_db()):
-                _objects().bulk_create(objs, batch_size=BATCH_SIZE)
-        except (IntegrityError, DataError):
-            for obj in objs:
-                obj.pk = None
-                self._insert_one(obj)
-        missing = [obj.connection_id for obj in objs if obj.pk is None]
-        pks = _pks(missing)  # backends that return no ids, and rows inserted by a lost commit
-        result = []
-        for connection, obj in rows:
-            pk = obj.pk if obj.pk is not None else pks.get(obj.connection_id)
-            if pk is not None:
-                result.append((connection, pk, obj.closed_at is not None))
-        return result
-
-    @staticmethod
-    def _insert_one(obj: StreamConnection) -> None:
-        for attempt in range(2):
-            try:
-                with transaction.atomic(using=_db()):
-                    obj.save(force_insert=True, using=_db())
-                return
-            except (IntegrityError, DataError) as exc:
-                obj.pk = None
-                if attempt == 0 and obj.user_id is not None:
-                    obj.user_id = None  # the user was deleted meanwhile: keep the row
-                    continue
-                if _objects().filter(connection_id=obj.connection_id).exists():
-                    return  # already written (a commit whose answer was lost)
-                get_logger().error(
-                    PERSISTENCE_DROPPED, connection_id=obj.connection_id, error=repr(exc)
-                )
-                return
-
-    def _close(
-        self,
-        finished: dict[str, Connection],
-        known: dict[str, _Open],
-        inserted: list[tuple[Connection, Any, bool]],
-    ) -> None:
-        written_closed = {c.id for c, _, was_closed in inserted if was_closed}
-        pks = {cid: row.pk for cid, row in known.items()}
-        pks.update((c.id, pk) for c, pk, _ in inserted)
-        todo = [c for cid, c in finished.items() if cid not in written_closed]
-        pks.update(_pks([c.id for c in todo if c.id not in pks]))
-        objs = []
-        for connection in todo:
-            pk = pks.get(connection.id)
-            if pk is None:
-                continue  # its insert was dropped
-            obj = history_row(connection, timezone.now())
-            obj.pk = pk
-            objs.append(obj)
-        if objs:
-            update_each(objs, _CLOSE_FIELDS, _db())
-
-    @staticmethod
-    def _refresh(
-        known: dict[str, _Open], finished: dict[str, Connection], me: str, now: datetime
-    ) -> dict[str, _Open]:
-        """Write moved counters; mark every open row of this process as seen now."""
-        moved: dict[str, _Open] = {}
-        objs = []
-        for connection_id, row in known.items():
-            c = row.connection
-            counters = (c.events_sent, c.bytes_sent, c.last_event_at)
-            if connection_id in finished or counters == row.written:
-                continue
-            moved[connection_id] = _Open(c, row.pk, counters)
-            obj = StreamConnection(
-                pk=row.pk,
-                events_sent=counters[0],
-                bytes_sent=counters[1],
-                last_event_at=None if counters[2] is None else as_datetime(counters[2]),
-            )
-            objs.append(obj)
-        if objs:
-            update_each(objs, _COUNTER_FIELDS, _db())
-        if any(connection_id not in finished for connection_id in known):
-            _objects().filter(process=me, closed_at__isnull=True).update(last_seen_at=now)
-        return moved
-
     def _poll_stop_requests(self) -> None:
         """Stop the streams of this process whose rows ask for it (any process may ask)."""
         if not self._open:
             return
         try:
             requested = list(
-                _objects()
+                objects()
                 .filter(process=current_process(), closed_at__isnull=True)
                 .exclude(stop_requested="")
                 .values_list("connection_id", "stop_requested")
@@ -403,22 +296,6 @@ def _release_connections() -> None:
         close_old_connections()
     except Exception:  # a broken connection is dropped here, reopened next flush
         get_logger().warning(PERSISTENCE_ERROR, during="closing the connection", exc_info=True)
-
-
-def _db() -> str:
-    return router.db_for_write(StreamConnection)
-
-
-def _objects() -> Any:
-    return StreamConnection.objects.using(_db())
-
-
-def _pks(connection_ids: list[str]) -> dict[str, Any]:
-    pks: dict[str, Any] = {}
-    for start in range(0, len(connection_ids), BATCH_SIZE):
-        batch = connection_ids[start : start + BATCH_SIZE]
-        pks.update(_objects().filter(connection_id__in=batch).values_list("connection_id", "pk"))
-    return pks
 
 
 # -- one writer per process ------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A connection of the registry as a row of the connection history.
+"""Rows of the connection history: a connection as a row, and the batched statements
+that write them (run by the history writer, ``_history.py``, inside one transaction).
 
 The registry keeps what the request said (headers are the client's to make up); a row must
 fit its columns and the database's rules, or one bad value would fail a whole batch of
@@ -10,20 +11,41 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connections, models, router
+from django.db import DataError, IntegrityError, connections, models, router, transaction
 from django.db.models import ForeignKey
 from django.utils import timezone
 
 from ..models import StreamConnection
+from .log import PERSISTENCE_DROPPED, get_logger
 from .registry import Connection, current_process
 
-__all__ = ["as_datetime", "forget_deleted_users", "history_row"]
+__all__ = [
+    "BATCH_SIZE",
+    "OpenRow",
+    "as_datetime",
+    "close_rows",
+    "db",
+    "forget_deleted_users",
+    "history_row",
+    "insert_one",
+    "insert_rows",
+    "objects",
+    "refresh_rows",
+    "update_each",
+]
+
+#: Rows per INSERT/UPDATE statement (well under SQLite's variable limit).
+BATCH_SIZE = 500
+
+_COUNTER_FIELDS = ["events_sent", "bytes_sent", "last_event_at"]
+_CLOSE_FIELDS = [*_COUNTER_FIELDS, "closed_at", "close_reason", "error_id", "last_seen_at"]
 
 
 def as_datetime(timestamp: float) -> datetime:
@@ -127,3 +149,119 @@ def update_each(objs: Sequence[models.Model], fields: Sequence[str], using: str)
     ]
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
+
+
+@dataclass
+class OpenRow:
+    """An open connection whose row exists, with the counters last written to it."""
+
+    connection: Connection
+    pk: Any
+    written: tuple[int, int, float | None]
+
+
+def insert_rows(
+    pending: dict[str, Connection], now: datetime
+) -> list[tuple[Connection, Any, bool]]:
+    """Insert the rows; returns (connection, pk, row written closed) per connection."""
+    rows = [(c, history_row(c, now)) for c in pending.values()]
+    objs = [obj for _, obj in rows]
+    forget_deleted_users(objs)
+    try:
+        with transaction.atomic(using=db()):
+            objects().bulk_create(objs, batch_size=BATCH_SIZE)
+    except (IntegrityError, DataError):
+        for obj in objs:
+            obj.pk = None
+            insert_one(obj)
+    missing = [obj.connection_id for obj in objs if obj.pk is None]
+    pks = _pks(missing)  # backends that return no ids, and rows inserted by a lost commit
+    result = []
+    for connection, obj in rows:
+        pk = obj.pk if obj.pk is not None else pks.get(obj.connection_id)
+        if pk is not None:
+            result.append((connection, pk, obj.closed_at is not None))
+    return result
+
+
+def insert_one(obj: StreamConnection) -> None:
+    for attempt in range(2):
+        try:
+            with transaction.atomic(using=db()):
+                obj.save(force_insert=True, using=db())
+            return
+        except (IntegrityError, DataError) as exc:
+            obj.pk = None
+            if attempt == 0 and obj.user_id is not None:
+                obj.user_id = None  # the user was deleted meanwhile: keep the row
+                continue
+            if objects().filter(connection_id=obj.connection_id).exists():
+                return  # already written (a commit whose answer was lost)
+            get_logger().error(
+                PERSISTENCE_DROPPED, connection_id=obj.connection_id, error=repr(exc)
+            )
+            return
+
+
+def close_rows(
+    finished: dict[str, Connection],
+    known: dict[str, OpenRow],
+    inserted: list[tuple[Connection, Any, bool]],
+) -> None:
+    written_closed = {c.id for c, _, was_closed in inserted if was_closed}
+    pks = {cid: row.pk for cid, row in known.items()}
+    pks.update((c.id, pk) for c, pk, _ in inserted)
+    todo = [c for cid, c in finished.items() if cid not in written_closed]
+    pks.update(_pks([c.id for c in todo if c.id not in pks]))
+    objs = []
+    for connection in todo:
+        pk = pks.get(connection.id)
+        if pk is None:
+            continue  # its insert was dropped
+        obj = history_row(connection, timezone.now())
+        obj.pk = pk
+        objs.append(obj)
+    if objs:
+        update_each(objs, _CLOSE_FIELDS, db())
+
+
+def refresh_rows(
+    known: dict[str, OpenRow], finished: dict[str, Connection], me: str, now: datetime
+) -> dict[str, OpenRow]:
+    """Write moved counters; mark every open row of this process as seen now."""
+    moved: dict[str, OpenRow] = {}
+    objs = []
+    for connection_id, row in known.items():
+        c = row.connection
+        counters = (c.events_sent, c.bytes_sent, c.last_event_at)
+        if connection_id in finished or counters == row.written:
+            continue
+        moved[connection_id] = OpenRow(c, row.pk, counters)
+        obj = StreamConnection(
+            pk=row.pk,
+            events_sent=counters[0],
+            bytes_sent=counters[1],
+            last_event_at=None if counters[2] is None else as_datetime(counters[2]),
+        )
+        objs.append(obj)
+    if objs:
+        update_each(objs, _COUNTER_FIELDS, db())
+    if any(connection_id not in finished for connection_id in known):
+        objects().filter(process=me, closed_at__isnull=True).update(last_seen_at=now)
+    return moved
+
+
+def db() -> str:
+    return router.db_for_write(StreamConnection)
+
+
+def objects() -> Any:
+    return StreamConnection.objects.using(db())
+
+
+def _pks(connection_ids: list[str]) -> dict[str, Any]:
+    pks: dict[str, Any] = {}
+    for start in range(0, len(connection_ids), BATCH_SIZE):
+        batch = connection_ids[start : start + BATCH_SIZE]
+        pks.update(objects().filter(connection_id__in=batch).values_list("connection_id", "pk"))
+    return pks
