@@ -8,6 +8,26 @@ a handler in front of the server's own for ``SIGTERM`` and ``SIGINT``: it asks e
 of the process to end with reason ``shutdown`` (each client gets a final frame with a
 jittered ``retry:`` hint, so they do not all reconnect at once), then hands the signal on.
 
+The handler itself does no work. Python runs it on the main thread between two bytecodes of
+whatever that thread was doing, and on uvicorn, daphne and hypercorn the main thread is the
+event loop, which holds the registry's lock on every open and close: a handler that took
+that lock (or any other: the writer's, logging's) would wait for ever on code it
+interrupted, and every later signal would queue up behind it. So it only notes the signal
+and hands the work over:
+
+- Where the server's loop runs on the signalled thread, to that loop, with
+  ``call_soon_threadsafe`` (a deque append and a byte on the loop's self-pipe, no lock: what
+  asyncio's own ``add_signal_handler`` relies on). There the streams are asked to stop, and
+  the signals received are handed to the server's handler, in order and one at a time, once
+  the streams have closed (so daphne, which cancels its applications as soon as it stops,
+  does not cut off their final frames) or after ``FINAL_FRAMES_GRACE``. A signal that comes
+  while they close just joins the queue.
+- Elsewhere (gunicorn's worker: its main thread runs no loop, the streams run on other
+  threads, there is nothing here to wait for), the server's handler runs at once and a new
+  thread asks the streams to stop. It is started with ``_thread.start_new_thread`` because
+  ``threading.Thread.start`` takes the threading module's own lock, which the interrupted
+  code may hold. A second signal starts a second ask, which finds nothing left to do.
+
 It is installed (when ``FLOSSE["SHUTDOWN_SIGNALS"]`` is on) from ``AppConfig.ready()`` and
 again when a stream starts on the main thread, whichever finds the server's handler first:
 gunicorn's workers set theirs before loading the application, uvicorn sets its own after
@@ -18,12 +38,12 @@ gunicorn's ``preload_app`` the application loads in the master: call
 
 from __future__ import annotations
 
+import _thread
 import asyncio
-import functools
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
 from types import FrameType
 from typing import Any
 
@@ -39,6 +59,10 @@ DRAIN_POLL_SECONDS = 0.01
 
 _installed: dict[int, Any] = {}
 _checked_from_a_stream = False
+#: Signals received on the server's loop thread and not yet handed to the server's handler.
+_received: deque[tuple[int, FrameType | None]] = deque()
+#: Whether the loop is waiting for the streams to close before it hands the signals on.
+_draining = False
 
 
 def shutdown(reason: str = reasons.SHUTDOWN) -> int:
@@ -47,31 +71,49 @@ def shutdown(reason: str = reasons.SHUTDOWN) -> int:
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    asked = shutdown()
-    previous = _installed.get(signum)
-    if not callable(previous):
-        return
+    # It may have interrupted code holding any lock: no lock, no logging, no work here.
     try:
         loop = asyncio.get_running_loop()  # the server's loop, when it runs on this thread
     except RuntimeError:
         loop = None
-    if asked and loop is not None:
-        # The streams send their final frames on this loop's next turns. A server that
-        # cancels its applications as soon as it stops (daphne) would cut them off: hand
-        # the signal on once they are all closed, or after FINAL_FRAMES_GRACE at most.
-        deadline = time.monotonic() + FINAL_FRAMES_GRACE
-        _when_drained(loop, deadline, functools.partial(previous, signum, frame))
-    else:
+    if loop is not None:
+        _received.append((signum, frame))
+        loop.call_soon_threadsafe(_on_loop, loop)
+        return
+    _thread.start_new_thread(shutdown, ())
+    previous = _installed.get(signum)
+    if callable(previous):
         previous(signum, frame)
 
 
-def _when_drained(
-    loop: asyncio.AbstractEventLoop, deadline: float, then: Callable[[], object]
-) -> None:
-    if registry.active() and time.monotonic() < deadline:
-        loop.call_later(DRAIN_POLL_SECONDS, _when_drained, loop, deadline, then)
+def _on_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The work of the signals received, on the server's loop (never inside the handler)."""
+    global _draining
+    if _draining:
+        return  # the streams are closing: the signals are handed on when they have
+    if shutdown():
+        _draining = True
+        _when_drained(loop, time.monotonic() + FINAL_FRAMES_GRACE)
     else:
-        then()
+        _hand_on()
+
+
+def _when_drained(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    if registry.active() and time.monotonic() < deadline:
+        loop.call_later(DRAIN_POLL_SECONDS, _when_drained, loop, deadline)
+    else:
+        _hand_on()
+
+
+def _hand_on() -> None:
+    """Each signal received, to the handler ours displaced: in order, one at a time."""
+    global _draining
+    _draining = False
+    while _received:
+        signum, frame = _received.popleft()
+        previous = _installed.get(signum)
+        if callable(previous):
+            previous(signum, frame)
 
 
 def ensure_installed() -> None:

@@ -8,6 +8,10 @@ its graceful timeout. uvicorn would otherwise wait for ever (``timeout_graceful_
 defaults to none); gunicorn would wait ``--graceful-timeout`` (set to 10 s here, so a
 shutdown that did not end the streams shows as a 10 s exit) and then kill its worker.
 
+Two ``SIGTERM`` signals back to back while connections open and close at a high rate (each open
+and close takes the registry's lock on the server's loop, where the signal handler runs):
+the server still exits within its grace, run after run.
+
 ``max_duration=1``: the stream ends with reason ``timeout`` and a final frame with
 ``retry:``, after a duration jittered down by up to 10%.
 """
@@ -16,7 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
+import subprocess
+import threading
 import time
 from typing import Any
 
@@ -27,9 +35,10 @@ from tests.reliability.helpers import (
     RawStream,
     closed_records,
     open_many,
+    request_bytes,
     showing_logs,
 )
-from tests.servers import LiveServer
+from tests.servers import HOST, LiveServer
 
 pytestmark = [
     pytest.mark.server,
@@ -45,6 +54,15 @@ GUNICORN_GRACEFUL = 10
 #: STOP_KEEPALIVE_LINGER) after the streams ended; the master waits for it.
 GUNICORN_EXIT_BOUND = 8.0
 RETRY_RANGE = range(1000, 2001)  # lifecycle.RECONNECT_AFTER_MS, jittered up to 2x
+
+#: Churn: client threads opening and closing short streams, for at most this long.
+CHURN_CLIENTS = 4
+CHURN_SECONDS = 6.0
+#: Streams opened and closed before the signals, so the churn is in full swing.
+CHURN_BEFORE_SIGNALS = 40
+#: The exit needs the streams' final frames (FINAL_FRAMES_GRACE, 1 s, at most) and the
+#: server's own shutdown; a handler deadlocked on the registry's lock never exits.
+DOUBLE_SIGTERM_EXIT_GRACE = 10.0
 
 SHUTDOWN_CASES = [
     pytest.param("uvicorn", 100, 100, id="uvicorn-200-streams"),
@@ -150,3 +168,77 @@ def test_max_duration_ends_streams_with_timeout(
         assert durations[-1] < 1.6, durations
         assert durations[-1] - durations[0] >= 0.01, f"durations not jittered: {durations}"
         assert len(set(retries)) > 1, retries
+
+
+class Churn:
+    """Client threads that open a stream, read its first bytes and close it, again and
+    again, until stopped (bounded by CHURN_SECONDS). Errors are expected once the server
+    stops: they only end that round."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + CHURN_SECONDS
+        self._threads = [threading.Thread(target=self._run) for _ in range(CHURN_CLIENTS)]
+
+    def __enter__(self) -> Churn:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(CHURN_SECONDS + 5)
+
+    def _run(self) -> None:
+        request = request_bytes(self.port, "/rel/endless/?every=0.5")
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1) as sock:
+                    sock.sendall(request)
+                    if sock.recv(4096):
+                        self.rounds += 1
+            except OSError:
+                time.sleep(0.01)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    """What the server sent until it closed the connection (bounded by the timeout)."""
+    data = bytearray()
+    while chunk := sock.recv(65536):
+        data += chunk
+    return bytes(data)
+
+
+@pytest.mark.parametrize("run", range(3))
+@pytest.mark.parametrize("kind", ["uvicorn", "daphne"])
+def test_two_sigterms_back_to_back_during_churn_the_server_exits(
+    live_server_factory: Any, figure: Any, kind: str, run: int
+) -> None:
+    server: LiveServer = live_server_factory(kind, env=ENV)
+    with showing_logs(server, tail=80), Churn(server.port) as churn:
+        deadline = time.monotonic() + CHURN_SECONDS / 2
+        while churn.rounds < CHURN_BEFORE_SIGNALS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert churn.rounds >= CHURN_BEFORE_SIGNALS, f"only {churn.rounds} streams opened"
+        watcher = socket.create_connection((HOST, server.port), timeout=5)  # open throughout
+        watcher.sendall(request_bytes(server.port, "/rel/endless/?every=0.5"))
+        assert watcher.recv(4096)
+        sent = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)  # the process we started, twice, within µs
+        os.kill(server.pid, signal.SIGTERM)
+        try:
+            server.wait(DOUBLE_SIGTERM_EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{kind} still running {DOUBLE_SIGTERM_EXIT_GRACE} s after two SIGTERMs")
+        exited = time.monotonic() - sent
+    with watcher:
+        received = read_to_eof(watcher)
+    assert b"event: shutdown" in received, received[-300:]
+    assert "Traceback" not in server.logs()
+    figure(
+        f"{kind} run {run}: two SIGTERMs during churn ({churn.rounds} streams opened and "
+        f"closed), process exited after {exited:.2f} s"
+    )
