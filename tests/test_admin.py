@@ -14,8 +14,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from django_flosse.observing import _history as persistence
 from django_flosse.models import StreamConnection
+from django_flosse.observing import _history as persistence
 from django_flosse.observing.registry import Connection, current_process, registry
 
 pytestmark = pytest.mark.django_db

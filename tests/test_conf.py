@@ -57,7 +57,9 @@ def test_none_flosse_means_defaults() -> None:
 def test_encoder_may_be_a_class() -> None:
     with override_settings(FLOSSE={"JSON_ENCODER": json.JSONEncoder}):
         assert get_config().json_encoder is json.JSONEncoder
-        assert json_dumps_for(get_config().json_encoder)({"é": 1}) == '{"é": 1}'  # UTF-8 stream: no \\u escapes
+        assert (
+            json_dumps_for(get_config().json_encoder)({"é": 1}) == '{"é": 1}'
+        )  # UTF-8 stream: no \\u escapes
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from django_flosse.observing import _dashboard as dashboard
 from django_flosse.models import StreamConnection
+from django_flosse.observing import _dashboard as dashboard
 from django_flosse.observing.registry import Connection, current_process, registry
 from django_flosse.testing import collect_events
 

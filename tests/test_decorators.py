@@ -20,8 +20,8 @@ from django.views import View
 from structlog.testing import capture_logs
 
 from django_flosse import SSEEvent, sse_stream
-from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.permissions import BaseSSEPermission, IsAuthenticated
+from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.testing import Event, acollect_events, collect_events
 
 pytestmark = pytest.mark.urls(__name__)

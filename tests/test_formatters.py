@@ -13,8 +13,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.test import override_settings
 
 from django_flosse.conf import get_config
-from django_flosse.events import json_dumps_for
-from django_flosse.events import SSEEvent
+from django_flosse.events import SSEEvent, json_dumps_for
 from django_flosse.exceptions import SSEYieldError
 from django_flosse.formatters import encode_item, make_encoder, to_sse
 

@@ -14,10 +14,10 @@ import pytest
 
 from django_flosse import reasons
 from django_flosse.events import KEEPALIVE, encode_event
+from django_flosse.observing.registry import Connection, Registry
 from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.streaming._lifecycle import MAX_CHUNK_BYTES, Stream
 from django_flosse.streaming._pacing import MIN_CHUNK_BYTES
-from django_flosse.observing.registry import Connection, Registry
 
 
 @pytest.fixture(autouse=True)

@@ -28,9 +28,6 @@ REJECTED = "sse.connection.rejected"
 STREAM_ERROR = "sse.stream.error"
 
 
-
-
-
 @pytest.fixture
 def unconfigured_structlog() -> Iterator[None]:
     """A project that never configured structlog (conftest resets structlog after each test)."""

@@ -21,7 +21,6 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from django_flosse import reasons
-from django_flosse.conf import get_config
 from django_flosse.observing.metrics import FOLD_INTERVAL, MetricsObserver
 from django_flosse.observing.registry import Connection, registry
 from django_flosse.streaming._response import SSEResponse
@@ -32,9 +31,6 @@ METRICS_URL = "/flosse/metrics/"
 #: How long to wait for the folding thread (it runs once a second).
 FOLD_WAIT = 10.0
 OUTSIDER = "203.0.113.5"  # TEST-NET-3: not loopback, not allowed by default
-
-
-
 
 
 def sample(name: str, **labels: str) -> float:

@@ -25,12 +25,12 @@ from django.test import AsyncClient, Client, override_settings
 from django.utils import timezone
 from structlog.testing import capture_logs
 
+from django_flosse.models import StreamConnection
 from django_flosse.observing import _history as persistence
 from django_flosse.observing import _rows
-from django_flosse.models import StreamConnection
 from django_flosse.observing._history import PersistenceWriter
-from django_flosse.terminate import close_lost, request_stop
 from django_flosse.observing.registry import Connection, current_process, registry
+from django_flosse.terminate import close_lost, request_stop
 from django_flosse.testing import acollect_events, collect_events
 from tests.servers import REPO_ROOT
 

@@ -11,8 +11,8 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
 
-from django_flosse.observing import _history as persistence
 from django_flosse.models import StreamConnection
+from django_flosse.observing import _history as persistence
 
 pytestmark = pytest.mark.django_db
 

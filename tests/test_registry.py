@@ -42,9 +42,6 @@ LIMIT = 50
 RACE_TIMEOUT = 60.0
 
 
-
-
-
 class Recorder:
     """An observer that writes down every notification (safe from many threads)."""
 

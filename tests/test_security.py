@@ -34,12 +34,12 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from django_flosse import views
+from django_flosse.models import StreamConnection
 from django_flosse.observing import _dashboard as dashboard
 from django_flosse.observing import _history as persistence
+from django_flosse.observing.registry import Connection, registry
 from django_flosse.streaming._clients import MAX_HEADER_LENGTH
 from django_flosse.streaming._frames import ERROR_MESSAGE
-from django_flosse.models import StreamConnection
-from django_flosse.observing.registry import Connection, registry
 from django_flosse.testing import collect_events, parse_events
 from tests.servers import HOST, REPO_ROOT, LiveServer
 from tests.views import SECURITY_SECRET

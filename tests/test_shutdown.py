@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from django_flosse.streaming import shutdown
 from django_flosse.observing.registry import Connection, registry
+from django_flosse.streaming import shutdown
 
 #: A handler that waits for the lock the interrupted code holds would wait for ever: the
 #: watchdog releases it after this long, so the test fails instead of hanging the suite.

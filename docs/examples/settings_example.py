@@ -6,7 +6,10 @@ FLOSSE = {
     "JSON_ENCODER": "django.core.serializers.json.DjangoJSONEncoder",
     "SYNC_READ_AHEAD": 16,
     # Observers of the connection registry
-    "OBSERVERS": ["django_flosse.observing.metrics.MetricsObserver", "django_flosse.observing.log.LogObserver"],
+    "OBSERVERS": [
+        "django_flosse.observing.metrics.MetricsObserver",
+        "django_flosse.observing.log.LogObserver",
+    ],
     # Connection limits (per stream, per process)
     "MAX_CONNECTIONS": None,
     "MAX_CONNECTIONS_PER_USER": None,
