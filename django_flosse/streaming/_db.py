@@ -33,8 +33,8 @@ __all__ = [
     "LentDatabases",
     "arelease_after_idle_step",
     "arelease_before_streaming",
+    "async_views_release",
     "release_connections",
-    "releases_when_idle",
 ]
 
 #: A step of a sync generator at least this long counts as idle waiting (a poll loop).
@@ -102,10 +102,10 @@ async def arelease_after_idle_step() -> None:
     await sync_to_async(release_connections)()
 
 
-def releases_when_idle(is_async: bool) -> bool:
-    """Does the stream release connections after idle steps itself? ``async def`` views
-    only (a sync generator's thread does its own), and only where a database is set up."""
-    return is_async and bool(settings.DATABASES)
+def async_views_release() -> bool:
+    """Does an ``async def`` view's stream release connections after idle steps? Where a
+    database is set up. (A ``def`` view's generator thread does its own: ``LentDatabases``.)"""
+    return bool(settings.DATABASES)
 
 
 class LentDatabases:

@@ -41,7 +41,7 @@ from ..observing.registry import Connection, Registry, registry
 from . import shutdown
 from ._bridge import ThreadedSource
 from ._clients import connection_for
-from ._db import IDLE_STEP_SECONDS, arelease_after_idle_step, releases_when_idle
+from ._db import IDLE_STEP_SECONDS, arelease_after_idle_step, async_views_release
 from ._frames import error_frame, final_frame
 from ._pacing import (
     MIN_CHUNK_BYTES,
@@ -386,9 +386,10 @@ def open_stream(
     )
     try:
         items = make_items()
+        is_async = hasattr(items, "__aiter__")
         encode = encoder_for(config.json_encoder)
-        if hasattr(items, "__aiter__"):
-            stream.attach(items, encode=encode, release_db_when_idle=releases_when_idle(True))
+        if is_async:
+            stream.attach(items, encode=encode, release_db_when_idle=async_views_release())
         elif hasattr(items, "__iter__"):
             # Encoded in the generator's own thread, which runs on the view's connections.
             source = ThreadedSource(
@@ -403,4 +404,4 @@ def open_stream(
     except BaseException:
         stream.close(reasons.ERROR)
         raise
-    return SSEResponse(stream, is_async=hasattr(items, "__aiter__"), gzip=gzip)
+    return SSEResponse(stream, is_async=is_async, gzip=gzip)
