@@ -122,12 +122,12 @@ def check_records(records: dict[str, list[bool]], flavour: str) -> str:
         # not promise to have closed the connection yet; every later one, it does.
         held_later = {key: held for key, held in records.items() if any(held[1:])}
         assert not held_later, f"connections held while waiting between polls: {held_later}"
-    resumes = sum(len(held) for held in records.values())
-    held = sum(sum(held) for held in records.values())
-    first = sum(held[0] for held in records.values())
+    resumes = sum(len(record) for record in records.values())
+    held_at = sum(sum(record) for record in records.values())
+    held_first = sum(record[0] for record in records.values())
     return (
-        f"{resumes} resumes from an idle wait recorded, a connection held at {held} "
-        f"(at the first wait: {first} of {N} streams)"
+        f"{resumes} resumes from an idle wait recorded, a connection held at {held_at} "
+        f"(at the first wait: {held_first} of {N} streams)"
     )
 
 
