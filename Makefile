@@ -29,8 +29,13 @@ PIP_FLAGS := --disable-pip-version-check --quiet
 
 help:
 	@echo "make demo          run the example project on http://127.0.0.1:$(PORT)/ (PORT=...)"
+	@echo "make demo-wsgi     the same project under gunicorn gthread (DEMO_THREADS=64)"
+	@echo "make demo-load     load a running demo with streaming clients (LOAD_ARGS=...)"
 	@echo "make test          pytest in .venv, then test-matrix (PYTEST_ARGS=... passed on)"
 	@echo "make test-matrix   pytest once more with Django 6.x on Python 3.12+ (.venv-dj6)"
+	@echo "make bench         side-by-side benchmark into bench/results/ (BENCH_ARGS=...)"
+	@echo "make bench-quick   the benchmark with smaller sizes"
+	@echo "make soak          reliability soak run, about 5 minutes (SOAK_ARGS=...)"
 	@echo "make lint          ruff check, ruff format --check, mypy django_flosse"
 	@echo "make format        ruff format + ruff check --fix"
 	@echo "make docs          mkdocs build --strict into site/"

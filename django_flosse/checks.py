@@ -25,7 +25,9 @@ Why the heuristics are what they are (read before "improving" them):
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Iterable, Sequence
+from types import FrameType
 from typing import Any
 
 from django.apps import AppConfig
@@ -183,6 +185,23 @@ def _unapplied(alias: str) -> list[str]:
     return [m.name for m, backwards in plan if m.app_label == _APP_LABEL and not backwards]
 
 
+def _called_by_migrate() -> bool:
+    """Are the checks being run by the ``migrate`` command (or a subclass of it)?
+
+    Django passes checks no hint of the command that runs them (``migrate`` runs them from
+    its ``handle()`` on Django 5.2 and through ``get_check_kwargs()`` on 6.x), so look for
+    the command object on the stack.
+    """
+    from django.core.management.commands.migrate import Command as Migrate
+
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), Migrate):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @register(Tags.database)
 def check_migrations(
     app_configs: Sequence[AppConfig] | None = None,
@@ -192,9 +211,13 @@ def check_migrations(
     """W003: persistence is on but the history table's migrations have not run.
 
     Database checks run only when Django passes ``databases`` (``check --database``,
-    ``migrate``). An unreachable database is reported as ``I001`` instead of crashing.
+    ``migrate``). Not while ``migrate`` itself runs them: that command is the one applying
+    the migrations, so the warning would only tell it what it is about to do. An
+    unreachable database is reported as ``I001`` instead of crashing.
     """
     if databases is None or not _ours(app_configs) or not get_config().persistence:
+        return []
+    if _called_by_migrate():
         return []
     from .models import StreamConnection
 

@@ -60,8 +60,9 @@ def format_item(raw: Any, dumps: Dumps) -> str:
         if len(raw) == 3:
             event, data, id_ = raw
             return encode_event(_text(data, dumps), event=event, id=id_)
+        # 0.2.0's text, word for word: projects match on it.
         raise SSEYieldError(
-            f"a tuple yield must be (event, data) or (event, data, id); got a {len(raw)}-tuple"
+            f"Tuple yields must be (event, data) or (event, data, id), got {len(raw)}-tuple."
         )
     if isinstance(raw, SSEEvent):
         return encode_event(

@@ -96,12 +96,37 @@ def _serve_static(route: Any) -> None:
     route.continue_()
 
 
+# Records the y-axis labels of the chart's latest drawing (the only right-aligned text
+# drawn on a canvas), so that a test can read what the canvas shows.
+AXIS_LABELS_SPY = """
+const fillText = CanvasRenderingContext2D.prototype.fillText;
+const clearRect = CanvasRenderingContext2D.prototype.clearRect;
+window.flosseAxisLabels = [];
+CanvasRenderingContext2D.prototype.clearRect = function (...args) {
+    window.flosseAxisLabels = [];
+    return clearRect.apply(this, args);
+};
+CanvasRenderingContext2D.prototype.fillText = function (text, ...args) {
+    if (this.textAlign === "right") {
+        window.flosseAxisLabels.push(String(text));
+    }
+    return fillText.call(this, text, ...args);
+};
+"""
+
+
+def _axis_labels(page: Any) -> list[str]:
+    labels: list[str] = page.evaluate("window.flosseAxisLabels")
+    return labels
+
+
 def _log_in(browser: Any, server: LiveServer, *, dark: bool = False) -> Any:
     context = browser.new_context(
         viewport={"width": 1280, "height": 900},
         color_scheme="dark" if dark else "light",
         locale="en-GB",
     )
+    context.add_init_script(AXIS_LABELS_SPY)
     context.set_default_timeout(10_000)
     context.route(re.compile(r"\.(css|js|svg)(\?.*)?$"), _serve_static)
     page = context.new_page()
@@ -186,6 +211,11 @@ def test_dashboard_follows_streams_and_terminates_them(
             opened_after = _wait_until(lambda: _row(page).count() == 1, timeout=2.0)
             cancelled = _stat(page, "cancelled")
             assert _stat(page, "active") == 1
+            # A count of connections: whole-number ticks (0.25 steps were drawn as 0.3, 0.8).
+            _wait_until(lambda: bool(_axis_labels(page)), timeout=2.0)
+            labels = _axis_labels(page)
+            assert labels[0] == "0", labels
+            assert all(re.fullmatch(r"\d[\d,]*", label) for label in labels), labels
         # The client goes away: the row goes, the cancellation is counted.
         closed_after = _wait_until(lambda: _row(page).count() == 0, timeout=2.0)
         _wait_until(lambda: _stat(page, "cancelled") == cancelled + 1, timeout=2.0)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,24 @@ def test_w003_when_the_migrations_have_not_run() -> None:
     assert "0001_initial" in message.msg
     assert "manage.py migrate django_flosse --database default" in (message.hint or "")
     assert "django_flosse.W003" in ids(run_checks(databases=["default"]))
+
+
+@pytest.mark.django_db
+@override_settings(FLOSSE=PERSISTENCE_ON)
+def test_w003_not_while_migrate_applies_them() -> None:
+    """``migrate`` runs the database checks before it applies the migrations: W003 would
+    tell it what it is about to do (``make demo`` printed it)."""
+
+    MigrationRecorder(connection).migration_qs.filter(app="django_flosse").delete()
+    out, err = io.StringIO(), io.StringIO()
+    call_command("check", "--database", "default", stdout=out, stderr=err)
+    assert "django_flosse.W003" in out.getvalue() + err.getvalue()  # reported by check
+    out, err = io.StringIO(), io.StringIO()
+    # fake: only records them as applied (in the test's transaction); checks run as they do
+    # for manage.py (call_command skips them unless told not to).
+    call_command("migrate", "django_flosse", fake=True, skip_checks=False, stdout=out, stderr=err)
+    assert "0001_initial... FAKED" in out.getvalue()
+    assert "W003" not in out.getvalue() + err.getvalue()
 
 
 @pytest.mark.django_db

@@ -326,6 +326,14 @@ def rel_state(request: HttpRequest) -> Any:
         wrappers = [o for o in gc.get_objects() if isinstance(o, BaseDatabaseWrapper)]
         state["db_open"] = sum(1 for w in wrappers if w.connection is not None)
         state["db_wrappers"] = len(wrappers)
+        with _DB_LOCK:
+            state["db_held"] = {key: list(held) for key, held in DB_HELD.items()}
+            state["db_parked"] = sorted(DB_PARKED)
+    if request.GET.get("park"):  # "1": polling views stop in their next idle wait; "0": go on
+        if request.GET["park"] == "1":
+            DB_PARK.set()
+        else:
+            DB_PARK.clear()
     if request.GET.get("gc"):
         import gc
 
@@ -420,29 +428,98 @@ def rel_sync_flood(request: HttpRequest) -> Iterator[Any]:
         _finally_ran("rel.sync_flood")
 
 
+# The database views below poll every ``?every=`` seconds (0.5). Each records, under its
+# ``?s=`` key, whether the connection its last query ran on was still open each time it
+# resumed from its idle wait: what django-flosse promises (db.py) is that it is not, once
+# the wait follows an item the producer waited for. ``/rel/state/?db=1`` reports the
+# records; ``?park=1`` holds every poller in its next idle wait (``db_parked`` lists them)
+# so that a test can count the server's connections while all of them are known to wait.
+DB_HELD: dict[str, list[bool]] = {}
+DB_PARKED: set[str] = set()
+DB_PARK = threading.Event()
+_DB_LOCK = threading.Lock()
+
+
+def _db_in_use() -> tuple[Any, Any]:
+    """On the thread that ran the query: its ``default`` wrapper and DB-API connection."""
+    from django.db import connections
+
+    wrapper = connections["default"]
+    return wrapper, wrapper.connection
+
+
+def _db_still_held(used: tuple[Any, Any]) -> bool:
+    """Is the DB-API connection a query ran on still open? The identity, not just "some
+    connection is open": under WSGI, Django runs every ``async def`` view's async ORM calls
+    on one shared thread, whose connection another stream may have opened meanwhile."""
+    wrapper, raw = used
+    return raw is not None and wrapper.connection is raw
+
+
+def _db_record(key: str, held: bool) -> None:
+    with _DB_LOCK:
+        DB_HELD.setdefault(key, []).append(held)
+
+
+def _db_idle(key: str, every: float) -> None:
+    time.sleep(every)
+    if DB_PARK.is_set():
+        with _DB_LOCK:
+            DB_PARKED.add(key)
+        while DB_PARK.is_set():
+            time.sleep(0.05)
+        with _DB_LOCK:
+            DB_PARKED.discard(key)
+
+
+async def _db_aidle(key: str, every: float) -> None:
+    await asyncio.sleep(every)
+    if DB_PARK.is_set():
+        with _DB_LOCK:
+            DB_PARKED.add(key)
+        while DB_PARK.is_set():
+            await asyncio.sleep(0.05)
+        with _DB_LOCK:
+            DB_PARKED.discard(key)
+
+
 @sse_stream(name="rel.db_sync", permission_classes=[IsAuthenticated], heartbeat=5)
 def rel_db_sync(request: HttpRequest) -> Iterator[Any]:
-    """Polls the database every ``?every=`` seconds (0.5) with a blocking sleep between."""
+    """Polls the database with a blocking sleep between queries."""
     every = float(request.GET.get("every", "0.5"))
+    key = request.GET.get("s", "")
     users = get_user_model().objects
     try:
         for i in itertools.count():
-            yield ("poll", {"i": i, "users": users.count(), "me": request.user.pk})
-            time.sleep(every)
+            count = users.count()
+            used = _db_in_use()
+            yield ("poll", {"i": i, "users": count, "me": request.user.pk})
+            _db_idle(key, every)
+            _db_record(key, _db_still_held(used))
     finally:
         _finally_ran("rel.db_sync")
 
 
 @sse_stream(name="rel.db_async", permission_classes=[IsAuthenticated], heartbeat=5)
 async def rel_db_async(request: HttpRequest) -> AsyncIterator[Any]:
-    """Polls the database with the async ORM every ``?every=`` seconds (0.5)."""
+    """Polls the database with the async ORM.
+
+    Its connection lives on the thread that ran ``acount()``; the records hop there
+    (thread-sensitive ``sync_to_async``, as the async ORM does) to look at it.
+    """
+    from asgiref.sync import sync_to_async
+
     every = float(request.GET.get("every", "0.5"))
+    key = request.GET.get("s", "")
     users = get_user_model().objects
     user = await request.auser()
     try:
         for i in itertools.count():
-            yield ("poll", {"i": i, "users": await users.acount(), "me": user.pk})
-            await asyncio.sleep(every)
+            count = await users.acount()
+            used = await sync_to_async(_db_in_use)()
+            yield ("poll", {"i": i, "users": count, "me": user.pk})
+            await _db_aidle(key, every)
+            _db_record(key, await sync_to_async(_db_still_held)(used))
     finally:
         _finally_ran("rel.db_async")
 
@@ -544,12 +621,16 @@ def rel_db_atomic(request: HttpRequest) -> Iterator[Any]:
     from django.db import transaction
 
     every = float(request.GET.get("every", "0.5"))
+    key = request.GET.get("s", "")
     users = get_user_model().objects
     try:
         with transaction.atomic():
             for i in itertools.count():
-                yield ("poll", {"i": i, "users": users.count()})
-                time.sleep(every)
+                count = users.count()
+                used = _db_in_use()
+                yield ("poll", {"i": i, "users": count})
+                _db_idle(key, every)
+                _db_record(key, _db_still_held(used))
     finally:
         _finally_ran("rel.db_atomic")
 
@@ -562,12 +643,16 @@ async def rel_db_async_closes(request: HttpRequest) -> AsyncIterator[Any]:
     from django.db import connections
 
     every = float(request.GET.get("every", "0.5"))
+    key = request.GET.get("s", "")
     users = get_user_model().objects
     user = await request.auser()
     try:
         for i in itertools.count():
-            yield ("poll", {"i": i, "users": await users.acount(), "me": user.pk})
+            count = await users.acount()
+            used = await sync_to_async(_db_in_use)()
+            yield ("poll", {"i": i, "users": count, "me": user.pk})
             await sync_to_async(connections.close_all)()
-            await asyncio.sleep(every)
+            await _db_aidle(key, every)
+            _db_record(key, await sync_to_async(_db_still_held)(used))
     finally:
         _finally_ran("rel.db_async_closes")

@@ -232,17 +232,19 @@
     }
 
     // ------------------------------------------------------------------ chart
-    function niceCeiling(value) {
-        if (value <= 1) {
-            return 1;
-        }
-        const magnitude = Math.pow(10, Math.floor(Math.log10(value)));
-        for (const step of [1, 2, 2.5, 5, 10]) {
-            if (step * magnitude >= value) {
-                return step * magnitude;
+    // The y axis counts connections: whole numbers only. The tick step is the smallest
+    // 1, 2 or 5 times a power of ten that covers the top in at most four steps.
+    function yTicks(top) {
+        const quarter = Math.max(1, top) / 4;
+        const magnitude = Math.pow(10, Math.max(0, Math.floor(Math.log10(quarter))));
+        let step = 10 * magnitude;
+        for (const factor of [1, 2, 5]) {
+            if (factor * magnitude >= quarter) {
+                step = factor * magnitude;
+                break;
             }
         }
-        return 10 * magnitude;
+        return {step, max: Math.max(1, Math.ceil(top / step)) * step};
     }
 
     function addPoint(ms, value) {
@@ -277,7 +279,8 @@
         const end = serverNow();
         const start = end - windowMs;
         const visible = points.filter((p) => p[0] >= start);
-        const max = niceCeiling(Math.max(1, total, ...visible.map((p) => p[1])));
+        const ticks = yTicks(Math.max(1, total, ...visible.map((p) => p[1])));
+        const max = ticks.max;
         const x = (ms) => left + ((Math.max(ms, start) - start) / windowMs) * width;
         const y = (value) => 8 + height - (value / max) * height;
 
@@ -288,14 +291,13 @@
         ctx.fillStyle = text;
         ctx.textAlign = "right";
         ctx.textBaseline = "middle";
-        for (let i = 0; i <= 4; i++) {
-            const value = (max / 4) * i;
+        for (let value = 0; value <= max; value += ticks.step) {
             const yy = Math.round(y(value)) + 0.5;
             ctx.beginPath();
             ctx.moveTo(left, yy);
             ctx.lineTo(left + width, yy);
             ctx.stroke();
-            ctx.fillText(Number.isInteger(value) ? number(value) : value.toFixed(1), left - 6, yy);
+            ctx.fillText(number(value), left - 6, yy);
         }
         ctx.textAlign = "center";
         ctx.textBaseline = "top";
