@@ -12,8 +12,14 @@ cursor read across slow steps) in an atomic block.
 
 Every moment of that policy has one entry point here: before streaming
 (:func:`arelease_before_streaming` for ``async def`` views, :meth:`LentDatabases.release` on
-a ``def`` view's generator thread), and after an idle step (:func:`arelease_after_idle_step`,
-:meth:`LentDatabases.release`).
+a ``def`` view's generator thread), and when the producer is idle: an ``async def`` view's
+connections are released once it has waited ``IDLE_STEP_SECONDS`` for its next item
+(:func:`arelease_while_idle`, every wait, the first included, under ASGI; on WSGI's
+private loop once it is at a yield again, after an item it waited that long for, as a
+``def`` view's thread does); a ``def`` view's thread can
+only act between steps, so it releases after a step that took that long
+(:meth:`LentDatabases.release`): its first wait, after an item that came at once, keeps
+the connection that item's query used.
 """
 
 from __future__ import annotations
@@ -31,13 +37,13 @@ from django.db.backends.signals import connection_created
 __all__ = [
     "IDLE_STEP_SECONDS",
     "LentDatabases",
-    "arelease_after_idle_step",
     "arelease_before_streaming",
+    "arelease_while_idle",
     "async_views_release",
     "release_connections",
 ]
 
-#: A step of a sync generator at least this long counts as idle waiting (a poll loop).
+#: A producer that waits this long for its next item is idle (a poll loop's sleep).
 IDLE_STEP_SECONDS = 0.05
 
 
@@ -96,10 +102,15 @@ async def arelease_before_streaming() -> None:
         await sync_to_async(release_connections)()
 
 
-async def arelease_after_idle_step() -> None:
-    """An ``async def`` view's step waited long (a poll loop's sleep): close, on the
-    request's thread, the connections its async ORM calls used there."""
-    await sync_to_async(release_connections)()
+async def arelease_while_idle() -> None:
+    """An ``async def`` view's producer has waited ``IDLE_STEP_SECONDS`` for its next item
+    (a poll loop's sleep): close, on the request's thread, the connections its async ORM
+    calls opened there, if any is open (no hop otherwise).
+
+    The producer is suspended at an ``await`` meanwhile; an ORM call it awaits runs on that
+    same thread, so the close comes before or after it, never during it."""
+    if opened_for_this_request():
+        await sync_to_async(release_connections)()
 
 
 def async_views_release() -> bool:

@@ -41,7 +41,7 @@ from ..observing.registry import Connection, Registry, registry
 from . import shutdown
 from ._bridge import ThreadedSource
 from ._clients import connection_for
-from ._db import IDLE_STEP_SECONDS, arelease_after_idle_step, async_views_release
+from ._db import IDLE_STEP_SECONDS, arelease_while_idle, async_views_release
 from ._frames import error_frame, final_frame
 from ._pacing import (
     MIN_CHUNK_BYTES,
@@ -95,6 +95,8 @@ class Stream:
         self._release_db_when_idle = release_db_when_idle
         self._max_duration = max_duration
         self._send_timeout = send_timeout
+        #: Set by ``SSEResponse`` when a WSGI server iterates it on a private loop.
+        self.on_private_loop = False
         #: While the server holds a chunk: since when (``time.monotonic()``); see _sendwatch.py.
         self.sending_since: float | None = None
         self._first = retry_frame(retry) if retry is not None else b""
@@ -173,9 +175,17 @@ class Stream:
             duration = self._max_duration * random.uniform(0.9, 1.0)
             limit = loop.call_later(duration, conn.request_stop, reasons.TIMEOUT)
         sends = None if self._send_timeout is None else watch_sends(self, self._send_timeout)
-        # When the producer waited long for an item (a poll loop's sleep), release the
-        # database connection its async ORM calls used, once the item is out (db.py).
+        # Once the producer has waited IDLE_STEP_SECONDS for its next item (a poll loop's
+        # sleep), release the database connections its async ORM calls opened: one check
+        # per long wait, a thread hop only if one is open (see _db.py).
+        # On a private loop (WSGI) the producer's ORM calls go to asgiref's one shared
+        # thread, which refuses a second call while one of the producer's is in flight
+        # ("would deadlock"): there the release waits until the producer is at a yield,
+        # after an item that came after a long wait.
         release_db = self._release_db_when_idle
+        release_while_waiting = release_db and not self.on_private_loop
+        release_at_yield = release_db and self.on_private_loop
+        release_pending = release_while_waiting
         release_due = False
         waiting_since: float | None = None  # since the current step first had to wait
         shutdown.ensure_installed()
@@ -190,14 +200,21 @@ class Stream:
                     fut = step.waiting_on
                     assert fut is not None
                     try:
-                        timeout = None
-                        if heartbeat is not None:
-                            timeout = last_sent + heartbeat - time.monotonic()
+                        now = time.monotonic()
                         if waiting_since is None:
-                            waiting_since = time.monotonic()
+                            waiting_since = now
+                        wake_at = None if heartbeat is None else last_sent + heartbeat
+                        release_at = waiting_since + IDLE_STEP_SECONDS if release_pending else None
+                        if release_at is not None and (wake_at is None or release_at < wake_at):
+                            wake_at = release_at
+                        timeout = None if wake_at is None else wake_at - now
                         if timeout is None or timeout > 0:
                             await first_of(fut, stop, timeout)
                         if not fut.done() and not stop.done():
+                            if release_at is not None and time.monotonic() >= release_at:
+                                release_pending = False
+                                await arelease_while_idle()
+                                continue
                             yield self._count(KEEPALIVE)
                             last_sent = time.monotonic()
                             continue
@@ -228,8 +245,9 @@ class Stream:
                             break
                         if waiting_since is not None:  # this item came after a wait
                             waited = time.monotonic() - waiting_since
-                            release_due = release_db and waited >= IDLE_STEP_SECONDS
+                            release_due = release_at_yield and waited >= IDLE_STEP_SECONDS
                             waiting_since = None
+                        release_pending = release_while_waiting  # it may have queried again
                         frame = encode(item) if encode is not None else item
                         out.append(frame)
                         size += len(frame)
@@ -247,8 +265,7 @@ class Stream:
                     self.sending_since = None
                     if release_due:
                         release_due = False
-                        # On the request's thread, where those ORM calls ran.
-                        await arelease_after_idle_step()
+                        await arelease_while_idle()
                     if heartbeat is not None:
                         last_sent = time.monotonic()
                 if finished or stop.done():

@@ -85,6 +85,7 @@ class SSEResponse(StreamingHttpResponse):
     def __iter__(self) -> Iterator[bytes]:
         if self._replaced and not self.is_async:
             return iter(self._replaced_content())
+        self.stream.on_private_loop = True
         frames: Generator[bytes, None, None] = iterate_on_private_loop(self.__aiter__())
         # WSGI servers call response.close(), not close() on this iterator: make sure the
         # stream (and the user's generator) is closed then, not whenever it is collected.
