@@ -121,7 +121,8 @@ def test_viewer_sees_the_page_without_terminate() -> None:
     html = response.content.decode()
     assert f'data-stream-url="{reverse(FEED)}"' in html
     assert "data-terminate-url" not in html
-    assert "django_flosse/js/dashboard.js" in html
+    assert "django_flosse/js/chart.js" in html  # before dashboard.js, which uses it
+    assert html.index("django_flosse/js/chart.js") < html.index("django_flosse/js/dashboard.js")
     assert "django_flosse/css/dashboard.css" in html
     assert 'id="flosse-i18n"' in html
     assert response.templates[0].name == "django_flosse/dashboard.html"
