@@ -23,7 +23,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
-__all__ = ["DEFAULTS", "Config", "get_config"]
+__all__ = ["DEFAULTS", "FROM_SETTINGS", "Config", "get_config", "pick"]
 
 _T = TypeVar("_T")
 
@@ -224,3 +224,18 @@ def get_config() -> Config:
 def _clear_cache(*, setting: str, **kwargs: Any) -> None:
     if setting in ("FLOSSE", "DEBUG"):
         get_config.cache_clear()
+
+
+class _FromSettings:
+    def __repr__(self) -> str:
+        return "<from the FLOSSE setting>"
+
+
+#: The default of an ``@sse_stream`` option that falls back to its ``FLOSSE`` setting
+#: (``None`` is a value there: "no limit", "no heartbeat").
+FROM_SETTINGS: Any = _FromSettings()
+
+
+def pick(option: Any, setting: Any) -> Any:
+    """An option's value: itself, or the setting's when it is ``FROM_SETTINGS``."""
+    return setting if option is FROM_SETTINGS else option

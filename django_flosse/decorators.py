@@ -16,10 +16,10 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from django.http import HttpRequest, HttpResponseBase
 
 from . import permissions, reasons
-from .conf import get_config
+from .conf import FROM_SETTINGS, get_config
 from .observing.registry import registry
 from .permissions import PermissionClasses
-from .streaming._lifecycle import FROM_SETTINGS, StreamOptions, open_stream
+from .streaming._lifecycle import StreamOptions, open_stream
 from .streaming._response import refusal
 
 __all__ = ["sse_stream"]

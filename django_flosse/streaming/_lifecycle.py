@@ -33,7 +33,7 @@ import structlog
 from django.http import HttpRequest, HttpResponseBase
 
 from .. import reasons
-from ..conf import get_config
+from ..conf import get_config, pick
 from ..events import KEEPALIVE, retry_frame
 from ..formatters import encoder_for
 from ..observing.log import STREAM_ERROR, get_logger
@@ -55,7 +55,7 @@ from ._response import SSEResponse, refusal, wants_gzip
 from ._sendwatch import watch_sends
 from ._stepping import Step
 
-__all__ = ["FROM_SETTINGS", "MAX_CHUNK_BYTES", "Stream", "StreamOptions", "open_stream"]
+__all__ = ["MAX_CHUNK_BYTES", "Stream", "StreamOptions", "open_stream"]
 
 #: A chunk is sent once it reaches this size even if more events are ready.
 MAX_CHUNK_BYTES = 16 * 1024
@@ -346,15 +346,6 @@ class Stream:
 
 
 # --------------------------------------------------------------------------- opening
-class _FromSettings:
-    def __repr__(self) -> str:
-        return "<from the FLOSSE setting>"
-
-
-#: The default of an ``@sse_stream`` option that falls back to its ``FLOSSE`` setting.
-FROM_SETTINGS: Any = _FromSettings()
-
-
 @dataclass(frozen=True)
 class StreamOptions:
     """A decorated view's options (``FROM_SETTINGS`` where the setting decides)."""
@@ -366,10 +357,6 @@ class StreamOptions:
     max_connections_per_user: Any
     max_duration: Any
     send_timeout: Any
-
-
-def _pick(option: Any, default: Any) -> Any:
-    return default if option is FROM_SETTINGS else option
 
 
 def open_stream(
@@ -385,8 +372,8 @@ def open_stream(
     connection = connection_for(request, options.name, user, config)
     rejected = registry.open(
         connection,
-        max_connections=_pick(options.max_connections, config.max_connections),
-        max_connections_per_user=_pick(
+        max_connections=pick(options.max_connections, config.max_connections),
+        max_connections_per_user=pick(
             options.max_connections_per_user, config.max_connections_per_user
         ),
     )
@@ -395,9 +382,9 @@ def open_stream(
     gzip = wants_gzip(request)
     stream = Stream(
         connection=connection,
-        heartbeat=_pick(options.heartbeat, config.heartbeat),
-        max_duration=_pick(options.max_duration, config.max_duration),
-        send_timeout=_pick(options.send_timeout, config.send_timeout),
+        heartbeat=pick(options.heartbeat, config.heartbeat),
+        max_duration=pick(options.max_duration, config.max_duration),
+        send_timeout=pick(options.send_timeout, config.send_timeout),
         retry=options.retry,
         gzip=gzip,
     )
