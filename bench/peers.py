@@ -4,16 +4,16 @@ Each peer is one app module under ``bench/apps/`` on one server (uvicorn or guni
 gthread), started as its own process on 127.0.0.1, pinned to one CPU, with its output kept
 in a log file. A server is only ever signalled through the pid it was started with (and
 its own process group, which ``start_new_session`` made and nobody else is in).
+
+Stopping a server, free ports and ``/proc`` readings are the test suite's
+(``tests/support/``, standard library only): the repository root goes on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import importlib.util
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -23,9 +23,14 @@ from pathlib import Path
 from typing import IO, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR.parent))
+
+from tests.support.processes import cpu_seconds, proc_status, stop_process  # noqa: E402
+from tests.support.processes import pid_alive as pid_alive  # noqa: E402 (bench/run.py's)
+from tests.support.servers import HOST, free_port, gunicorn_has_control_socket  # noqa: E402
+
 APPS_DIR = BENCH_DIR / "apps"
 FLOSSE020_DIR = BENCH_DIR / ".flosse020"
-HOST = "127.0.0.1"
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 8.0
@@ -144,21 +149,6 @@ def peer_named(name: str) -> Peer:
 # -- server processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _version_at_least(dist: str, wanted: tuple[int, int]) -> bool:
-    try:
-        numbers = re.findall(r"\d+", importlib.metadata.version(dist))[:2]
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return tuple(int(x) for x in numbers) >= wanted
-
-
 @dataclass
 class Server:
     """One peer's server process. Use as a context manager: it is stopped on every exit."""
@@ -200,7 +190,7 @@ class Server:
             "--threads", str(GUNICORN_THREADS), "-w", "1", "-b", f"{HOST}:{self.port}",
             "--graceful-timeout", "3", "--timeout", "300", "--log-level", "warning",
         ]  # fmt: skip
-        if _version_at_least("gunicorn", (25, 1)):
+        if gunicorn_has_control_socket():
             cmd.append("--no-control-socket")  # else one fixed socket path for every server
         return cmd
 
@@ -280,16 +270,7 @@ class Server:
         try:
             if proc.poll() is None:
                 self.pids_seen.update(self.tree())
-                proc.send_signal(signal.SIGTERM)
-                if not _exited_unreaped(proc.pid, STOP_TIMEOUT):
-                    proc.kill()
-                    _exited_unreaped(proc.pid, STOP_TIMEOUT)
-                # The leader has exited but is not reaped: its pid, which is its group's id,
-                # cannot have been reused. Kill what is left of that group (gunicorn workers).
-                if _exited_unreaped(proc.pid, 0, reaped_ok=False):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(STOP_TIMEOUT)
+                stop_process(proc, STOP_TIMEOUT, STOP_TIMEOUT)
         finally:
             if self._log is not None and not self._log.closed:
                 self._log.close()
@@ -354,10 +335,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
 def _cpu_seconds(pid: int) -> float:
     if psutil is not None:
         with contextlib.suppress(psutil.Error):
@@ -365,8 +342,7 @@ def _cpu_seconds(pid: int) -> float:
             return float(times.user + times.system)
         return 0.0
     with contextlib.suppress(OSError, IndexError, ValueError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
+        return cpu_seconds(pid)
     return 0.0
 
 
@@ -375,29 +351,6 @@ def _rss_bytes(pid: int) -> int:
         with contextlib.suppress(psutil.Error):
             return int(psutil.Process(pid).memory_info().rss)
         return 0
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    with contextlib.suppress(OSError, IndexError, ValueError, AssertionError):
+        return proc_status(pid, "VmRSS") * 1024
     return 0
-
-
-def _exited_unreaped(pid: int, timeout: float, *, reaped_ok: bool = True) -> bool:
-    """Wait up to ``timeout`` s for ``pid`` to exit, leaving it a zombie (not reaped)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return True
-        except ChildProcessError:
-            return reaped_ok
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def pid_alive(pid: int) -> bool:
-    """Is ``pid`` a live process (not gone, not a zombie)?"""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")

@@ -35,19 +35,11 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.reliability.helpers import (  # noqa: E402
-    LOGGING_SETTINGS,
-    RawStream,
-    active_gauge,
-    closed_records,
-    get_json,
-    open_many,
-    rss_mb,
-    stuck_socket,
-    wait_until,
-)
-from tests.reliability.helpers import rst_close as rst_socket  # noqa: E402
-from tests.servers import LiveServer  # noqa: E402
+from tests.support.observe import active_gauge, closed_records, state, wait_until  # noqa: E402
+from tests.support.processes import settled_rss  # noqa: E402
+from tests.support.servers import LOGGING_SETTINGS, LiveServer  # noqa: E402
+from tests.support.wire import RawStream, open_many, stuck_socket  # noqa: E402
+from tests.support.wire import rst_close as rst_socket  # noqa: E402
 
 STREAM = "rel.endless"
 
@@ -83,24 +75,6 @@ def migrate(db_file: str) -> None:
         check=True,
         timeout=120,
     )
-
-
-def state(server: LiveServer, gc: bool = False) -> dict[str, Any]:
-    result: dict[str, Any] = get_json(server, "/rel/state/?rows=1" + ("&gc=1" if gc else ""))
-    return result
-
-
-def settled_rss(pid: int, stable: float = 1.0, timeout: float = 6.0) -> float:
-    deadline = time.monotonic() + timeout
-    last, since = rss_mb(pid), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = rss_mb(pid)
-        if abs(now - last) > last * 0.01:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= stable:
-            break
-    return rss_mb(pid)
 
 
 # --------------------------------------------------------------------------- cycles

@@ -10,11 +10,10 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.servers import LiveServer, stop_all
+from tests.support.servers import LiveServer, ServerPool, stop_all
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,36 +64,29 @@ def _isolated_process_state() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def uvicorn_server(django_db_setup: None) -> Iterator[LiveServer]:
-    """uvicorn serving tests.asgi on 127.0.0.1, shared by the tests of one module.
+def server_pool(django_db_setup: None) -> Iterator[ServerPool]:
+    """Real servers shared by the tests of one module: ``server_pool.get("uvicorn")``,
+    ``server_pool.get("gunicorn", LOGGING_SETTINGS)``, ... each started on first use and
+    all stopped when the module is done.
 
-    Depends on ``django_db_setup`` so the migrated test database exists before the server
+    Depends on ``django_db_setup`` so the migrated test database exists before a server
     opens it. Tests that read rows the server writes need ``transactional_db``.
     """
-    with LiveServer("uvicorn") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gunicorn_server(django_db_setup: None) -> Iterator[LiveServer]:
-    """gunicorn (1 worker, 8 gthread threads) serving tests.wsgi on 127.0.0.1, per module."""
-    with LiveServer("gunicorn") as server:
-        yield server
+    pool = ServerPool()
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 @pytest.fixture
 def live_server_factory(django_db_setup: None) -> Iterator[Callable[..., LiveServer]]:
-    """Start servers with any LiveServer arguments; all are stopped after the test.
+    """Start fresh servers with any LiveServer arguments; all are stopped after the test.
 
     Example: ``server = live_server_factory("uvicorn", loop="uvloop", env={"X": "1"})``.
     """
-    servers: list[LiveServer] = []
-
-    def start(*args: Any, **kwargs: Any) -> LiveServer:
-        server = LiveServer(*args, **kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.close()
+    pool = ServerPool()
+    try:
+        yield pool.start
+    finally:
+        pool.close()

@@ -1,7 +1,7 @@
 """Minimal Django settings for the test suite.
 
 The database is a file, not ``:memory:``: tests start real uvicorn/gunicorn processes
-(``tests/servers.py``) that must see the same tables. The first process that imports this
+(``tests/support/servers.py``) that must see the same tables. The first process that imports this
 module picks the file and exports it in ``FLOSSE_TEST_DB``, so the servers it starts inherit it
 and two test runs on one machine never share a database.
 """

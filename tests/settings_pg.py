@@ -1,4 +1,4 @@
-"""``tests.settings_admin`` on the PostgreSQL cluster that ``tests/postgres.py`` starts.
+"""``tests.settings_admin`` on the PostgreSQL cluster that ``tests/support/postgres.py`` starts.
 
 The cluster's address comes from the environment (``FLOSSE_PG_*``), which the fixture
 passes to the servers and commands it runs.

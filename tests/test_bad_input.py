@@ -43,7 +43,7 @@ from structlog.testing import capture_logs
 from django_flosse import SSEEvent, sse_stream
 from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.testing import Event, collect_events, parse_events
-from tests.servers import LiveServer
+from tests.support.servers import LiveServer
 
 # ----------------------------------------------------------------------------- the views
 

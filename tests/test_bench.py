@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import pid_alive
+
 REPO = Path(__file__).resolve().parent.parent
 PEERS = ("ours-async-uvicorn", "ours-async-uvicorn-obsoff", "django-async-uvicorn")
 
@@ -23,14 +25,6 @@ pytestmark = [
     pytest.mark.server,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
 ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.mark.timeout(150)
@@ -69,7 +63,7 @@ def test_quick_run_writes_table_and_json_and_stops_every_server(tmp_path: Path) 
         for name in ("ours-async-uvicorn", "ours-async-uvicorn-obsoff"):
             assert pair[workload][name]["complete"], (workload, name, pair[workload][name])
             assert pair[workload][name]["events_per_s"] > 0
-    assert not [pid for pid in side["pids"] if _alive(pid)]
+    assert not [pid for pid in side["pids"] if pid_alive(pid)]
 
     assert "## Goals of issue 6" in table
     assert (
@@ -78,4 +72,4 @@ def test_quick_run_writes_table_and_json_and_stops_every_server(tmp_path: Path) 
     )
     assert "A: `ours-async-uvicorn` ≥ 3x `django-async-uvicorn`" in table
     assert data["machine"]["python"]
-    assert not [pid for row in rows.values() for pid in row["pids"] if _alive(pid)]
+    assert not [pid for row in rows.values() for pid in row["pids"] if pid_alive(pid)]

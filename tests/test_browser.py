@@ -26,7 +26,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.contrib.staticfiles import finders
 
-from tests.servers import REPO_ROOT, LiveServer
+from tests.support.servers import REPO_ROOT, LiveServer
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

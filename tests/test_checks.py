@@ -32,7 +32,7 @@ from django_flosse.checks import (
     check_middleware,
     check_migrations,
 )
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "checks.md"
 ALL_IDS = {f"django_flosse.W00{n}" for n in range(1, 7)} | {"django_flosse.I001"}

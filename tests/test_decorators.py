@@ -1,11 +1,13 @@
-"""@sse_stream through Django's test clients and direct calls (no server)."""
+"""@sse_stream through Django's test clients and direct calls (no server).
+
+The views are in ``tests/views.py`` (section "the decorator"), routed by ``tests/urls.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from unittest.mock import MagicMock
 
@@ -15,152 +17,28 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest
 from django.test import AsyncClient, Client, RequestFactory, override_settings
-from django.urls import path
-from django.views import View
 from structlog.testing import capture_logs
 
 from django_flosse import SSEEvent, sse_stream
-from django_flosse.permissions import BaseSSEPermission, IsAuthenticated
+from django_flosse.permissions import IsAuthenticated
 from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.testing import Event, acollect_events, collect_events
-
-pytestmark = pytest.mark.urls(__name__)
-
-STARTED: list[str] = []
+from tests.views import (
+    FAILURE,
+    STARTED,
+    CountView,
+    async_private,
+    bare_sync,
+    called_async,
+    count_users,
+    sync_private,
+    with_retry,
+)
 
 
 @pytest.fixture(autouse=True)
 def _reset_started() -> None:
     STARTED.clear()
-
-
-# ---------------------------------------------------------------------------- views
-
-
-@sse_stream
-def bare_sync(request: HttpRequest) -> Iterator[Any]:
-    yield "bare"
-
-
-@sse_stream()
-async def called_async(request: HttpRequest) -> AsyncIterator[Any]:
-    yield "called"
-
-
-@sse_stream(retry=2500, name="custom.name")
-def with_retry(request: HttpRequest) -> Iterator[Any]:
-    yield "hello"
-
-
-class HasAnyUserInDB(BaseSSEPermission):
-    """A sync permission that queries the database (must not run on the event loop)."""
-
-    def has_permission(self, request: HttpRequest) -> bool:
-        return User.objects.filter(username="alice").exists()
-
-
-class AsyncStaffOnly(BaseSSEPermission):
-    async def has_permission(self, request: HttpRequest) -> bool:
-        user = await request.auser()
-        return bool(user.is_staff)
-
-
-@sse_stream(permission_classes=[IsAuthenticated])
-def sync_private(request: HttpRequest) -> Iterator[Any]:
-    STARTED.append("sync_private")
-    yield f"hello {request.user.get_username()}"
-
-
-@sse_stream(permission_classes=[IsAuthenticated])
-async def async_private(request: HttpRequest) -> AsyncIterator[Any]:
-    STARTED.append("async_private")
-    yield f"hello {request.user.get_username()}"
-
-
-@sse_stream(permission_classes=[AsyncStaffOnly])
-async def async_staff(request: HttpRequest) -> AsyncIterator[Any]:
-    STARTED.append("async_staff")
-    yield "staff"
-
-
-@sse_stream(permission_classes=[HasAnyUserInDB, IsAuthenticated])
-async def async_db_permission(request: HttpRequest) -> AsyncIterator[Any]:
-    yield "allowed"
-
-
-@sse_stream(permission_classes=[AsyncStaffOnly])
-def sync_with_async_permission(request: HttpRequest) -> Iterator[Any]:
-    STARTED.append("sync_with_async_permission")
-    yield "allowed"
-
-
-@sse_stream
-def sync_fails(request: HttpRequest) -> Iterator[Any]:
-    yield "before"
-    raise RuntimeError("secret internal detail")
-
-
-@sse_stream
-async def async_fails(request: HttpRequest) -> AsyncIterator[Any]:
-    yield "before"
-    raise RuntimeError("secret internal detail")
-
-
-@sse_stream
-def sync_bad_yield(request: HttpRequest) -> Iterator[Any]:
-    yield "before"
-    yield b"raw bytes"
-    yield "after"
-
-
-@sse_stream
-async def async_bad_yield(request: HttpRequest) -> AsyncIterator[Any]:
-    yield "before"
-    yield {"data": "x", "colour": "red"}
-    yield "after"
-
-
-@sse_stream
-def resume(request: HttpRequest) -> Iterator[Any]:
-    last = request.headers.get("Last-Event-ID", "")
-    start = int(last) + 1 if last.isdigit() else 0
-    for i in range(start, start + 3):
-        yield SSEEvent(data={"i": i}, event="tick", id=i)
-
-
-@sse_stream(heartbeat=None)
-async def async_three(request: HttpRequest) -> AsyncIterator[Any]:
-    for i in range(3):
-        await asyncio.sleep(0)
-        yield ("tick", {"i": i})
-
-
-class CountView(View):
-    @sse_stream
-    def get(self, request: HttpRequest) -> Iterator[Any]:
-        yield ("tick", {"view": type(self).__name__, "method": request.method})
-
-
-class AsyncCountView(View):
-    @sse_stream(permission_classes=[IsAuthenticated])
-    async def get(self, request: HttpRequest) -> AsyncIterator[Any]:
-        yield ("tick", {"view": type(self).__name__})
-
-
-@sse_stream
-async def async_db_state(request: HttpRequest) -> AsyncIterator[Any]:
-    """Reports what the view sees: is the request thread's connection open, who is the user."""
-
-    def connection_is_open() -> bool:
-        from django.db import connection
-
-        return connection.connection is not None
-
-    yield {
-        "connection_open": await sync_to_async(connection_is_open)(),
-        "user_class": request.user.__class__.__name__,
-        "authenticated": request.user.is_authenticated,  # on the loop: no lazy query left
-    }
 
 
 class QueryingMiddleware:
@@ -172,27 +50,6 @@ class QueryingMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         User.objects.exists()
         return self.get_response(request)
-
-
-urlpatterns = [
-    path("async/db-state/", async_db_state),
-    path("bare/", bare_sync),
-    path("called/", called_async),
-    path("retry/", with_retry),
-    path("sync/private/", sync_private),
-    path("async/private/", async_private),
-    path("async/staff/", async_staff),
-    path("async/db-permission/", async_db_permission),
-    path("sync/async-permission/", sync_with_async_permission),
-    path("sync/fails/", sync_fails),
-    path("async/fails/", async_fails),
-    path("sync/bad-yield/", sync_bad_yield),
-    path("async/bad-yield/", async_bad_yield),
-    path("resume/", resume),
-    path("async/three/", async_three),
-    path("class/", CountView.as_view()),
-    path("async-class/", AsyncCountView.as_view()),
-]
 
 
 def error_payload(event: Event) -> dict[str, str]:
@@ -259,7 +116,7 @@ def test_default_name_is_module_and_qualname() -> None:
     request = RequestFactory().get("/")
     responses = [bare_sync(request), with_retry(request), CountView.as_view()(request)]
     names = [response.stream.name for response in responses]  # type: ignore[attr-defined]
-    assert names == [f"{__name__}.bare_sync", "custom.name", f"{__name__}.CountView.get"]
+    assert names == ["tests.views.bare_sync", "custom.name", "tests.views.CountView.get"]
     for response in responses:
         response.close()
 
@@ -429,11 +286,6 @@ async def test_class_based_async_view_method() -> None:
     assert (await AsyncClient().get("/async-class/")).status_code == 403
 
 
-@sse_stream
-def count_users(request: HttpRequest) -> Iterator[Any]:
-    yield str(User.objects.count())
-
-
 @pytest.mark.django_db
 def test_a_sync_view_sees_the_rows_of_the_test() -> None:
     """A ``def`` view's queries run on the request's database connection.
@@ -463,9 +315,9 @@ def test_error_frame_has_an_id_and_no_exception_text(url: str) -> None:
     [error] = [entry for entry in logs if entry["event"] == "sse.stream.error"]
     assert error["log_level"] == "error"
     assert error["error_id"] == payload["error_id"]
-    assert error["stream"] == f"{__name__}.{url.split('/')[1]}_fails"
+    assert error["stream"] == f"tests.views.{url.split('/')[1]}_fails"
     assert isinstance(error["exc_info"], RuntimeError)
-    assert str(error["exc_info"]) == "secret internal detail"
+    assert str(error["exc_info"]) == FAILURE
     assert error["exc_info"].__traceback__ is not None
 
 
@@ -474,7 +326,7 @@ def test_error_frame_has_an_id_and_no_exception_text(url: str) -> None:
 def test_error_frame_has_the_exception_text_with_debug(url: str) -> None:
     events = collect_events(Client().get(url), max_events=5)
     payload = error_payload(events[1])
-    assert payload["detail"] == "RuntimeError: secret internal detail"
+    assert payload["detail"] == f"RuntimeError: {FAILURE}"
 
 
 @pytest.mark.parametrize(
@@ -514,7 +366,6 @@ def test_every_name_of_0_2_0_is_importable_from_the_same_module() -> None:
     from django_flosse.formatters import to_sse as formatters_to_sse
     from django_flosse.permissions import (  # noqa: F401
         AllowAny,
-        BaseSSEPermission,
         IsAdminUser,
         IsAuthenticated,
     )

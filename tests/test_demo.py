@@ -15,7 +15,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,12 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
-from tests.servers import free_port
+from tests.support.processes import stop_process
+from tests.support.servers import HOST, REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "example"
-HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 STREAM_URLS = [
     "/stream/feed/",
@@ -90,16 +88,6 @@ def _manage(env: dict[str, str], *args: str) -> str:
     return result.stdout
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def _banner_urls(banner: str) -> dict[str, str]:
     """``{"home (EventSource)": "http://...", ...}`` from the lines demo_setup prints."""
     return {
@@ -146,7 +134,7 @@ def demo() -> Iterator[Demo]:
                 time.sleep(0.1)
             else:
                 logs = log_path.read_text(errors="replace")
-                _stop(proc)
+                stop_process(proc, 10, 10)
                 if "address already in use" in logs.lower() and attempt < 2:
                     continue
                 pytest.fail(f"the demo did not start:\n{logs}")
@@ -155,7 +143,7 @@ def demo() -> Iterator[Demo]:
             return
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_process(proc, 10, 10)
         for path in sorted(tmp.iterdir(), reverse=True):
             path.unlink()
         tmp.rmdir()

@@ -4,7 +4,6 @@ the project configured it and through the stdlib logger ``django_flosse`` when i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -13,14 +12,13 @@ from typing import Any
 import pytest
 import structlog
 from django.contrib.auth.models import User
-from django.core.signals import request_finished
-from django.db import close_old_connections
-from django.http import HttpResponseBase
 from django.test import Client, RequestFactory
 from structlog.contextvars import merge_contextvars
 
 from django_flosse.testing import parse_events
 from tests import views
+from tests.support.observe import stdlib_records
+from tests.support.responses import close_response, read_all
 
 OPENED = "sse.connection.opened"
 CLOSED = "sse.connection.closed"
@@ -34,27 +32,6 @@ def unconfigured_structlog() -> Iterator[None]:
     structlog.reset_defaults()
     assert not structlog.is_configured()
     yield
-
-
-def read_all(response: HttpResponseBase) -> bytes:
-    """The whole body of a finite stream, as the server handed it over (sync or async)."""
-    content = response.streaming_content  # type: ignore[attr-defined]
-    if not hasattr(content, "__aiter__"):
-        return b"".join(content)
-
-    async def drain() -> bytes:
-        return b"".join([chunk async for chunk in content])
-
-    return asyncio.run(asyncio.wait_for(drain(), 10))
-
-
-def close_response(response: HttpResponseBase) -> None:
-    """``response.close()`` as a server calls it, without the test client's DB cleanup."""
-    request_finished.disconnect(close_old_connections)
-    try:
-        response.close()
-    finally:
-        request_finished.connect(close_old_connections)
 
 
 def named(entries: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
@@ -221,10 +198,6 @@ def test_no_log_entry_above_debug_per_event(client: Client, url: str, stream: st
 # ------------------------------------------------ without structlog configuration
 
 
-def flosse_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "django_flosse"]
-
-
 @pytest.mark.usefixtures("unconfigured_structlog")
 def test_unconfigured_structlog_goes_through_the_stdlib_logger(
     client: Client, caplog: pytest.LogCaptureFixture
@@ -232,7 +205,7 @@ def test_unconfigured_structlog_goes_through_the_stdlib_logger(
     caplog.set_level(logging.DEBUG, logger="django_flosse")
     body = read_all(client.get("/obs/count/?n=2"))
 
-    records = flosse_records(caplog)
+    records = stdlib_records(caplog)
     assert [r.levelno for r in records] == [logging.INFO, logging.INFO]
     opened, closed = (r.getMessage() for r in records)
     assert opened.startswith(f"event='{OPENED}' ")
@@ -252,7 +225,7 @@ def test_unconfigured_errors_reach_the_stdlib_logger_with_the_traceback(
     caplog.set_level(logging.INFO, logger="django_flosse")
     body = read_all(client.get("/obs/async-fails/"))
 
-    (error,) = [r for r in flosse_records(caplog) if STREAM_ERROR in r.getMessage()]
+    (error,) = [r for r in stdlib_records(caplog) if STREAM_ERROR in r.getMessage()]
     assert error.levelno == logging.ERROR
     assert error.exc_info is not None
     exc_type, exc, tb = error.exc_info
@@ -271,7 +244,7 @@ def test_unconfigured_levels_are_decided_by_the_stdlib_logger(
     read_all(client.get("/obs/count/?n=2"))
     assert client.get("/obs/forbidden/").status_code == 403
 
-    records = flosse_records(caplog)
+    records = stdlib_records(caplog)
     assert [r.levelno for r in records] == [logging.WARNING]
     assert (
         records[0].getMessage() == f"event='{REJECTED}' stream='obs.forbidden' reason='forbidden'"

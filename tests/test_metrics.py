@@ -25,17 +25,13 @@ from django_flosse.observing.metrics import FOLD_INTERVAL, MetricsObserver
 from django_flosse.observing.registry import Connection, registry
 from django_flosse.streaming._response import SSEResponse
 from tests import views
-from tests.helpers import close_response
+from tests.support.observe import sample
+from tests.support.responses import close_response, read_all
 
 METRICS_URL = "/flosse/metrics/"
 #: How long to wait for the folding thread (it runs once a second).
 FOLD_WAIT = 10.0
 OUTSIDER = "203.0.113.5"  # TEST-NET-3: not loopback, not allowed by default
-
-
-def sample(name: str, **labels: str) -> float:
-    """The current value of one sample (0 when it was never touched)."""
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 class Samples:
@@ -83,18 +79,6 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         time.sleep(0.05)
-
-
-def read_all(response: HttpResponseBase) -> bytes:
-    """The whole body of a finite stream, as the server handed it over (sync or async)."""
-    content = response.streaming_content  # type: ignore[attr-defined]
-    if not hasattr(content, "__aiter__"):
-        return b"".join(content)
-
-    async def drain() -> bytes:
-        return b"".join([chunk async for chunk in content])
-
-    return asyncio.run(asyncio.wait_for(drain(), 10))
 
 
 # -------------------------------------------------------------- connection counters

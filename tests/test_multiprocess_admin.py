@@ -1,7 +1,7 @@
 """Two servers sharing one database: the history shows both, terminate and loss cross them.
 
 Run on SQLite (the shared test database file) and on PostgreSQL (a throwaway cluster from
-``tests/postgres.py``). The test process is the third process: it reads the table directly
+``tests/support/postgres.py``). The test process is the third process: it reads the table directly
 (its own Django is configured for SQLite) and asks for terminate through a short-lived
 Django process on the same settings as the servers, like an admin on another host would.
 """
@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.postgres import PostgresCluster
-from tests.postgres import postgres_fixture as postgres_fixture  # the "postgres" fixture
-from tests.servers import REPO_ROOT, LiveServer
+from tests.support.postgres import PostgresCluster
+from tests.support.postgres import postgres_fixture as postgres_fixture  # the "postgres" fixture
+from tests.support.servers import REPO_ROOT, LiveServer
 
 # transaction=True: the servers write the test database file, which is emptied afterwards.
 # (pytest-django creates the test database only for tests that carry this mark.)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from django_flosse.testing import parse_events
-from tests.servers import LiveServer
+from tests.support.observe import Samples, by_label, scrape, value
+from tests.support.servers import LiveServer
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(180)]
 
@@ -33,32 +33,6 @@ CLIENT_TIMEOUT = httpx.Timeout(10.0)
 SETTLE = 15.0
 METRICS = "/flosse/metrics/"
 GUNICORN_CONFIG = Path(__file__).with_name("gunicorn_multiproc.py")
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(server: LiveServer) -> Samples:
-    response = httpx.get(server.url + METRICS, timeout=CLIENT_TIMEOUT)
-    assert response.status_code == 200, response.text
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def by_label(samples: Samples, name: str, key: str, **labels: str) -> dict[str, float]:
-    """``{label value: sample value}`` of every sample of ``name`` matching ``labels``."""
-    result: dict[str, float] = {}
-    for (sample_name, sample_labels), v in samples.items():
-        found = dict(sample_labels)
-        if sample_name == name and all(found.get(k) == w for k, w in labels.items()):
-            result[found[key]] = v
-    return {k: v for k, v in result.items() if v}
 
 
 def wait_for(

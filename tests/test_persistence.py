@@ -32,7 +32,7 @@ from django_flosse.observing._history import PersistenceWriter
 from django_flosse.observing.registry import Connection, current_process, registry
 from django_flosse.terminate import close_lost, request_stop
 from django_flosse.testing import acollect_events, collect_events
-from tests.servers import REPO_ROOT
+from tests.support.servers import REPO_ROOT
 
 FLOSSE = {"PERSISTENCE": True, "FLUSH_INTERVAL": 1.0, "LOST_AFTER": 30.0}
 

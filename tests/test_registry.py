@@ -33,7 +33,7 @@ from django_flosse.observing.registry import Connection, Registry, StreamTotals,
 from django_flosse.streaming._response import SSEResponse
 from django_flosse.testing import collect_events
 from tests import views
-from tests.helpers import close_response
+from tests.support.responses import close_response
 
 #: Threads / tasks started at once, and the limit they race for.
 CONCURRENT = 200

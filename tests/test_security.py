@@ -17,16 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import uuid
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import AnonymousUser, Permission, User
-from django.core.signals import request_finished
-from django.db import close_old_connections
 from django.test import Client, RequestFactory, override_settings
 from django.urls import reverse
 from django.utils import timezone
@@ -41,7 +38,9 @@ from django_flosse.observing.registry import Connection, registry
 from django_flosse.streaming._clients import MAX_HEADER_LENGTH
 from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.testing import collect_events, parse_events
-from tests.servers import HOST, REPO_ROOT, LiveServer
+from tests.support.responses import close_response, read_all
+from tests.support.servers import LOGGING_SETTINGS, REPO_ROOT, ServerPool
+from tests.support.wire import raw_request
 from tests.views import SECURITY_SECRET
 
 PAGE = "admin:django_flosse_dashboard"
@@ -252,7 +251,7 @@ def test_terminate_from_a_foreign_origin_fails_even_with_the_token() -> None:
 def test_no_exception_text_or_path_reaches_the_client(url: str) -> None:
     with capture_logs() as logs:
         response = Client().get(url)
-        body = b"".join(_chunks(response))
+        body = read_all(response)
     _no_leak(body)
     events = parse_events(body)
     assert [e.event for e in events] == ["message", "error"]
@@ -274,70 +273,11 @@ def test_a_failing_permission_class_is_a_bare_500() -> None:
 @override_settings(DEBUG=True)
 @pytest.mark.parametrize("url", ["/security/leaky/", "/security/leaky-async/"])
 def test_with_debug_the_detail_is_there(url: str) -> None:
-    events = parse_events(b"".join(_chunks(Client().get(url))))
+    events = parse_events(read_all(Client().get(url)))
     payload = json.loads(events[-1].data)
     assert payload["detail"].startswith(f"RuntimeError: {SECURITY_SECRET} at ")
     assert str(REPO_ROOT) in payload["detail"]
     assert payload["message"] == ERROR_MESSAGE
-
-
-def _chunks(response: Any) -> Iterator[bytes]:
-    """The body of a finite stream (sync or async view) as the server hands it over."""
-    content = response.streaming_content
-    if hasattr(content, "__aiter__"):
-        import asyncio
-
-        async def drain() -> list[bytes]:
-            return [chunk async for chunk in content]
-
-        yield from asyncio.run(asyncio.wait_for(drain(), 10))
-    else:
-        yield from content
-
-
-@pytest.fixture(scope="module")
-def servers(django_db_setup: None) -> Iterator[dict[str, LiveServer]]:
-    """uvicorn and gunicorn with tests.settings_server (DEBUG off, flosse logs on stderr)."""
-    started: dict[str, LiveServer] = {}
-    kinds: tuple[Literal["uvicorn"], Literal["gunicorn"]] = ("uvicorn", "gunicorn")
-    try:
-        for kind in kinds:
-            server = LiveServer(kind, env={"DJANGO_SETTINGS_MODULE": "tests.settings_server"})
-            started[kind] = server
-            server.start()
-        yield started
-    finally:
-        for server in started.values():
-            server.close()
-
-
-def raw_request(server: LiveServer, path: str, headers: bytes = b"") -> tuple[int, bytes]:
-    """Send exactly these bytes (HTTP/1.0: the body ends when the server closes)."""
-    request = b"GET " + path.encode() + b" HTTP/1.0\r\nHost: " + HOST.encode() + b"\r\n"
-    with socket.create_connection((HOST, server.port), timeout=10) as sock:
-        sock.sendall(request + headers + b"\r\n")
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-            if len(received) > 10_000_000:
-                raise AssertionError("the response never ends")
-    head, _, body = received.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    if re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
-        # uvicorn's httptools protocol answers even HTTP/1.0 with chunked encoding.
-        body = _dechunk(body)
-    return status, body
-
-
-def _dechunk(data: bytes) -> bytes:
-    body = b""
-    while data:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        body, data = body + data[:size], data[size + 2 :]
-    return body
 
 
 @pytest.mark.server
@@ -346,10 +286,8 @@ def _dechunk(data: bytes) -> bytes:
 @pytest.mark.parametrize(
     "path", ["/security/leaky/", "/security/leaky-async/", "/security/leaky-permission/"]
 )
-def test_no_leak_through_a_real_server(
-    servers: dict[str, LiveServer], kind: str, path: str
-) -> None:
-    server = servers[kind]
+def test_no_leak_through_a_real_server(server_pool: ServerPool, kind: str, path: str) -> None:
+    server = server_pool.get(kind, LOGGING_SETTINGS)
     status, body = raw_request(server, path)
     _no_leak(body)
     if path.endswith("permission/"):
@@ -389,10 +327,10 @@ def test_no_user_ip_or_id_in_any_metric_after_a_users_session() -> None:
         ):
             response = client.get(url, **headers)
             if response.streaming:
-                b"".join(_chunks(response))  # to the end: completed or error
+                read_all(response)  # to the end: completed or error
         held = client.get("/obs/per-user/", **headers)
         assert client.get("/obs/per-user/", **headers).status_code == 429
-        _close(held)
+        close_response(held)
     opened = [e for e in logs if e["event"] == "sse.connection.opened"]
     assert len(opened) == 7  # 6 streams + the held one (forbidden never opened)
     assert {e["client_ip"] for e in opened} == {"198.51.100.23"}
@@ -417,15 +355,6 @@ def test_no_user_ip_or_id_in_any_metric_after_a_users_session() -> None:
     assert "flosse_connections_opened_total" in exposition
     long_secrets = {s for s in secrets if len(s) > 8 and s not in error_ids}
     assert not [s for s in long_secrets if s in exposition]
-
-
-def _close(response: Any) -> None:
-    """``response.close()`` as a server calls it, without the test client's DB cleanup."""
-    request_finished.disconnect(close_old_connections)
-    try:
-        response.close()
-    finally:
-        request_finished.connect(close_old_connections)
 
 
 # ============================================================================ client IPs
@@ -531,7 +460,7 @@ def test_a_malformed_last_event_id_echoed_back_cannot_inject_a_field(
 ) -> None:
     with override_settings(FLOSSE={"PERSISTENCE": True}), capture_logs() as logs:
         response = Client().get(url, HTTP_LAST_EVENT_ID=header)
-        body = b"".join(_chunks(response))
+        body = read_all(response)
         history.flush()
     assert b"pwned" not in body and b"injected" not in body and b"666" not in body
     events = parse_events(body)
@@ -576,9 +505,9 @@ RAW_HEADERS = [
 @pytest.mark.parametrize("path", ["/security/echo-last-id/", "/security/echo-last-id-async/"])
 @pytest.mark.parametrize("raw", RAW_HEADERS)
 def test_raw_last_event_id_headers_through_a_real_server(
-    servers: dict[str, LiveServer], kind: str, path: str, raw: bytes
+    server_pool: ServerPool, kind: str, path: str, raw: bytes
 ) -> None:
-    server = servers[kind]
+    server = server_pool.get(kind, LOGGING_SETTINGS)
     status, body = raw_request(server, path, raw)
     assert status < 500, (status, body[:300])
     if status == 200:

@@ -10,8 +10,8 @@ reach the client as one generic frame, and Django's "must consume ... iterators"
 
 The servers run ``tests.settings_server`` (``tests.settings`` plus a ``LOGGING`` config that
 prints the ``django_flosse`` logger's INFO records to stderr, where ``LiveServer.logs()``
-reads them) or ``tests.settings_gzip`` (the same with ``GZipMiddleware``). They are started
-on first use and shared by the tests of this module.
+reads them) or ``tests.settings_gzip`` (the same with ``GZipMiddleware``). They come from the
+module's ``server_pool``: started on first use and shared by the tests of this module.
 
 Run with ``-s`` to see the measured first-event and cleanup times (a table at the end).
 """
@@ -22,24 +22,31 @@ import contextlib
 import itertools
 import json
 import re
-import socket
-import struct
 import time
 import urllib.parse
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import httpx
 import pytest
 from httpx_sse import EventSource, connect_sse
 
-from tests.servers import HOST, LiveServer
+from tests.support.observe import (
+    SETTLE,
+    assert_all_closed,
+    connection_ids,
+    flosse_records,
+    new_connection,
+    showing_logs,
+    wait_closed,
+)
+from tests.support.processes import settled_thread_count, thread_count
+from tests.support.servers import LOGGING_SETTINGS, LiveServer, ServerPool
+from tests.support.wire import raw_open, raw_read_until, rst_close
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
-LOGGING_SETTINGS = "tests.settings_server"
 GZIP_SETTINGS = "tests.settings_gzip"
 
 KINDS = ("uvicorn", "gunicorn", "daphne")
@@ -57,8 +64,6 @@ FIRST_EVENT_BOUND = 1.0
 #: gunicorn learns of the disconnect only when a write fails (its heartbeat is 1 s).
 CLEANUP_BOUND = {("sync", "gunicorn"): 3.0}
 DEFAULT_CLEANUP_BOUND = 2.0
-#: How long to wait for log lines and markers that are not themselves the thing measured.
-SETTLE = 8.0
 #: Django's warning when it buffers a streaming response whole.
 MUST_CONSUME = "must consume"
 
@@ -71,51 +76,16 @@ TIMINGS: list[tuple[str, str, float]] = []
 # --------------------------------------------------------------------------- servers
 
 
-class Servers:
-    """Servers started on first use, one per (kind, settings module), shared by the module."""
-
-    def __init__(self) -> None:
-        self._started: dict[tuple[str, str, str | None], LiveServer] = {}
-
-    def get(
-        self, kind: str, settings: str = LOGGING_SETTINGS, loop: Literal["asyncio"] | None = None
-    ) -> LiveServer:
-        """``loop=None``: uvicorn's default (uvloop when installed, as with uvicorn[standard])."""
-        key = (kind, settings, loop)
-        if key not in self._started:
-            server = LiveServer(
-                kind,  # type: ignore[arg-type]
-                loop=loop,
-                env={"DJANGO_SETTINGS_MODULE": settings},
-            )
-            try:
-                server.start()
-            except BaseException:
-                server.close()
-                raise
-            self._started[key] = server
-        return self._started[key]
-
-    def all(self) -> list[LiveServer]:
-        return list(self._started.values())
-
-    def close(self) -> None:
-        for server in self._started.values():
-            server.close()
-
-
 @pytest.fixture(scope="module")
-def servers(django_db_setup: None) -> Iterator[Servers]:
-    pool = Servers()
+def servers(server_pool: ServerPool) -> Iterator[ServerPool]:
     try:
-        yield pool
+        yield server_pool
         # Module teardown: every connection any server opened was closed (nothing left
         # running), and no server ever buffered a stream whole.
-        for server in pool.all():
+        for server in server_pool.shared():
             assert_all_closed(server)
             assert MUST_CONSUME not in server.logs(), server.logs()
     finally:
-        pool.close()
         print_timings()
 
 
@@ -125,25 +95,14 @@ def _no_buffering_warning(request: pytest.FixtureRequest) -> Iterator[None]:
     if "servers" not in request.fixturenames:
         yield
         return
-    pool: Servers = request.getfixturevalue("servers")
-    seen = {id(server): server.logs().count(MUST_CONSUME) for server in pool.all()}
+    pool: ServerPool = request.getfixturevalue("servers")
+    seen = {id(server): server.logs().count(MUST_CONSUME) for server in pool.shared()}
     yield
-    for server in pool.all():
+    for server in pool.shared():
         logs = server.logs()
         assert logs.count(MUST_CONSUME) == seen.get(id(server), 0), (
             f"Django buffered a stream whole (a server logged {MUST_CONSUME!r}):\n{logs}"
         )
-
-
-@contextlib.contextmanager
-def showing_logs(*servers: LiveServer) -> Iterator[None]:
-    """Print the servers' logs if the block fails (pytest shows them with the failure)."""
-    try:
-        yield
-    except BaseException:
-        for server in servers:
-            print(server.logs())
-        raise
 
 
 def record(what: str, combo: str, seconds: float) -> None:
@@ -158,73 +117,6 @@ def print_timings() -> None:
     print(f"{'what':<34} {'combination':<22} {'ms':>8}")
     for what, combo, seconds in TIMINGS:
         print(f"{what:<34} {combo:<22} {seconds * 1000:8.1f}")
-
-
-# --------------------------------------------------------------------------- server logs
-
-# The package logs through stdlib logging with structlog's key=value renderer:
-#   INFO django_flosse event='sse.connection.closed' connection_id='…' stream='…' reason='…' …
-_PAIR = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\S+)")
-
-
-def flosse_records(server: LiveServer) -> list[dict[str, str]]:
-    records = []
-    for line in server.logs().splitlines():
-        if " django_flosse event='sse." not in line:
-            continue
-        pairs = _PAIR.findall(line.split(" django_flosse ", 1)[1])
-        records.append({k: v[1:-1] if v.startswith("'") else v for k, v in pairs})
-    return records
-
-
-def connection_ids(
-    server: LiveServer, stream: str, event: str = "sse.connection.opened"
-) -> set[str]:
-    return {
-        r["connection_id"]
-        for r in flosse_records(server)
-        if r.get("event") == event and r.get("stream") == stream
-    }
-
-
-def new_connection(server: LiveServer, stream: str, before: set[str]) -> str:
-    """The id of the one connection of ``stream`` opened since ``before`` was taken."""
-    deadline = time.monotonic() + SETTLE
-    while True:
-        new = connection_ids(server, stream) - before
-        if len(new) == 1:
-            return new.pop()
-        assert len(new) <= 1, f"expected one new {stream} connection, got {new}"
-        assert time.monotonic() < deadline, f"no sse.connection.opened for {stream} in the log"
-        time.sleep(0.02)
-
-
-def wait_closed(server: LiveServer, connection_id: str, timeout: float = SETTLE) -> dict[str, str]:
-    """The ``sse.connection.closed`` record of one connection (waits for it, bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for r in flosse_records(server):
-            if (
-                r.get("event") == "sse.connection.closed"
-                and r.get("connection_id") == connection_id
-            ):
-                return r
-        assert time.monotonic() < deadline, f"connection {connection_id} never logged closed"
-        time.sleep(0.02)
-
-
-def assert_all_closed(server: LiveServer, timeout: float = SETTLE) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        records = flosse_records(server)
-        opened = {r["connection_id"] for r in records if r.get("event") == "sse.connection.opened"}
-        closed = {r["connection_id"] for r in records if r.get("event") == "sse.connection.closed"}
-        if opened <= closed:
-            return
-        assert time.monotonic() < deadline, (
-            f"connections never closed on {server!r}: {sorted(opened - closed)}\n{server.logs()}"
-        )
-        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- clients
@@ -251,46 +143,8 @@ def wait_for_marker(marker: Path, since: float, timeout: float) -> tuple[float |
         time.sleep(0.01)
 
 
-def raw_open(server: LiveServer, path: str, headers: dict[str, str] | None = None) -> socket.socket:
-    """Send a GET on a plain socket (so the test decides exactly how it is closed)."""
-    sock = socket.create_connection((HOST, server.port), timeout=5)
-    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}:{server.port}", "Accept: text/event-stream"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
-    return sock
-
-
-def raw_read_until(sock: socket.socket, needle: bytes, timeout: float) -> bytes:
-    """Read (bounded in time) until ``needle`` was received; return everything read."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while needle not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"{needle!r} not received within {timeout} s; got {buf!r}")
-        sock.settimeout(remaining)
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"the server closed the connection; got {buf!r}")
-        buf += data
-    return buf
-
-
-def rst_close(sock: socket.socket) -> None:
-    """Close abruptly: SO_LINGER 0 makes the kernel send RST instead of FIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 def intervals(times: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
-
-
-def thread_count(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Threads: line in /proc/{pid}/status")
 
 
 # --------------------------------------------------------------------------- 1. first event
@@ -298,9 +152,9 @@ def thread_count(pid: int) -> int:
 
 @pytest.mark.parametrize(("flavour", "kind"), COMBOS)
 def test_first_event_at_once_then_one_by_one(
-    servers: Servers, tmp_path: Path, flavour: str, kind: str
+    servers: ServerPool, tmp_path: Path, flavour: str, kind: str
 ) -> None:
-    server = servers.get(kind)
+    server = servers.get(kind, LOGGING_SETTINGS)
     combo = f"{flavour}-{kind}"
     marker = tmp_path / "marker"
     before = connection_ids(server, ENDLESS_NAME[flavour])
@@ -353,15 +207,15 @@ DISCONNECTS = [
 
 @pytest.mark.parametrize(("flavour", "kind", "every"), DISCONNECTS)
 def test_abrupt_disconnect_runs_finally(
-    servers: Servers, tmp_path: Path, flavour: str, kind: str, every: float
+    servers: ServerPool, tmp_path: Path, flavour: str, kind: str, every: float
 ) -> None:
-    server = servers.get(kind)
+    server = servers.get(kind, LOGGING_SETTINGS)
     combo = f"{flavour}-{kind}" + ("-idle" if every > 1 else "")
     marker = tmp_path / "marker"
     stream = ENDLESS_NAME[flavour]
     before = connection_ids(server, stream)
     with showing_logs(server):
-        sock = raw_open(server, query(ENDLESS[flavour], every=every, marker=marker))
+        sock = raw_open(server.port, query(ENDLESS[flavour], every=every, marker=marker))
         try:
             raw_read_until(sock, b'data: {"i": 0}\n\n', timeout=5)
         finally:
@@ -382,15 +236,15 @@ def test_abrupt_disconnect_runs_finally(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_swallowed_cancellation_ends_as_cancelled(
-    servers: Servers, tmp_path: Path, kind: str
+    servers: ServerPool, tmp_path: Path, kind: str
 ) -> None:
     """A generator that catches CancelledError and returns is cancelled, not completed."""
-    server = servers.get(kind)
+    server = servers.get(kind, LOGGING_SETTINGS)
     marker = tmp_path / "marker"
     stream = "tests.views.async_swallows_cancel"
     before = connection_ids(server, stream)
     with showing_logs(server):
-        sock = raw_open(server, query("/async/swallows/", marker=marker))
+        sock = raw_open(server.port, query("/async/swallows/", marker=marker))
         try:
             raw_read_until(sock, b'data: {"i": 0}\n\n', timeout=5)
         finally:
@@ -428,8 +282,8 @@ def read_lines(response: httpx.Response, until: int, deadline: float) -> list[tu
 
 
 @pytest.mark.parametrize(("flavour", "kind"), COMBOS)
-def test_heartbeats_while_idle(servers: Servers, flavour: str, kind: str) -> None:
-    server = servers.get(kind)
+def test_heartbeats_while_idle(servers: ServerPool, flavour: str, kind: str) -> None:
+    server = servers.get(kind, LOGGING_SETTINGS)
     name = f"tests.views.{flavour}_idle"
     before = connection_ids(server, name)
     # The sync producer sleeps 2 s between its two events; the async one sleeps for an hour.
@@ -467,8 +321,8 @@ def test_heartbeats_while_idle(servers: Servers, flavour: str, kind: str) -> Non
 
 
 @pytest.mark.parametrize(("flavour", "kind"), COMBOS)
-def test_headers(servers: Servers, flavour: str, kind: str) -> None:
-    server = servers.get(kind)
+def test_headers(servers: ServerPool, flavour: str, kind: str) -> None:
+    server = servers.get(kind, LOGGING_SETTINGS)
     with showing_logs(server), httpx.Client(timeout=CLIENT_TIMEOUT) as client:
         response = client.get(f"{server.url}/{flavour}/count/?n=2")
         assert response.status_code == 200
@@ -484,7 +338,9 @@ def test_headers(servers: Servers, flavour: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize(("flavour", "kind"), COMBOS)
-def test_gzip_stays_incremental(servers: Servers, tmp_path: Path, flavour: str, kind: str) -> None:
+def test_gzip_stays_incremental(
+    servers: ServerPool, tmp_path: Path, flavour: str, kind: str
+) -> None:
     server = servers.get(kind, GZIP_SETTINGS)
     combo = f"{flavour}-{kind}"
     marker = tmp_path / "marker"
@@ -524,7 +380,7 @@ def test_gzip_stays_incremental(servers: Servers, tmp_path: Path, flavour: str, 
 
 
 @pytest.mark.parametrize(("flavour", "kind"), COMBOS)
-def test_gzip_complete_stream(servers: Servers, flavour: str, kind: str) -> None:
+def test_gzip_complete_stream(servers: ServerPool, flavour: str, kind: str) -> None:
     """A finished stream is one valid gzip member holding exactly the frames."""
     server = servers.get(kind, GZIP_SETTINGS)
     with showing_logs(server), httpx.Client(timeout=CLIENT_TIMEOUT) as client:
@@ -543,8 +399,8 @@ def test_gzip_complete_stream(servers: Servers, flavour: str, kind: str) -> None
 
 
 @pytest.mark.parametrize(("flavour", "kind"), COMBOS)
-def test_error_frame(servers: Servers, flavour: str, kind: str) -> None:
-    server = servers.get(kind)
+def test_error_frame(servers: ServerPool, flavour: str, kind: str) -> None:
+    server = servers.get(kind, LOGGING_SETTINGS)
     name = f"tests.views.{flavour}_fails"
     before = connection_ids(server, name)
     with showing_logs(server), httpx.Client(timeout=CLIENT_TIMEOUT) as client:
@@ -579,8 +435,8 @@ def test_error_frame(servers: Servers, flavour: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize(("flavour", "kind"), COMBOS)
-def test_resume_after_last_event_id(servers: Servers, flavour: str, kind: str) -> None:
-    server = servers.get(kind)
+def test_resume_after_last_event_id(servers: ServerPool, flavour: str, kind: str) -> None:
+    server = servers.get(kind, LOGGING_SETTINGS)
     path = "/resume/" if flavour == "sync" else "/async/resume/"
     with showing_logs(server), httpx.Client(timeout=CLIENT_TIMEOUT) as client:
         with connect_sse(
@@ -597,17 +453,17 @@ def test_resume_after_last_event_id(servers: Servers, flavour: str, kind: str) -
 # --------------------------------------------------------------------------- asyncio loop
 
 
-def test_uvicorn_with_the_asyncio_loop(servers: Servers, tmp_path: Path) -> None:
+def test_uvicorn_with_the_asyncio_loop(servers: ServerPool, tmp_path: Path) -> None:
     """The other tests run uvicorn on uvloop; the stream hand-drives the producer's futures,
     so check the plain asyncio loop too: first event, one by one, RST cleanup, and a
     swallowed cancellation."""
-    server = servers.get("uvicorn", loop="asyncio")
+    server = servers.get("uvicorn", LOGGING_SETTINGS, loop="asyncio")
     with showing_logs(server):
         for flavour in FLAVOURS:
             marker = tmp_path / f"{flavour}-endless"
             before = connection_ids(server, ENDLESS_NAME[flavour])
             start = time.monotonic()
-            sock = raw_open(server, query(ENDLESS[flavour], every=0.1, marker=marker))
+            sock = raw_open(server.port, query(ENDLESS[flavour], every=0.1, marker=marker))
             try:
                 raw_read_until(sock, b'data: {"i": 0}\n\n', timeout=5)
                 first_at = time.monotonic() - start
@@ -626,7 +482,7 @@ def test_uvicorn_with_the_asyncio_loop(servers: Servers, tmp_path: Path) -> None
         marker = tmp_path / "swallows"
         stream = "tests.views.async_swallows_cancel"
         before = connection_ids(server, stream)
-        sock = raw_open(server, query("/async/swallows/", marker=marker))
+        sock = raw_open(server.port, query("/async/swallows/", marker=marker))
         try:
             raw_read_until(sock, b'data: {"i": 0}\n\n', timeout=5)
         finally:
@@ -641,30 +497,12 @@ def test_uvicorn_with_the_asyncio_loop(servers: Servers, tmp_path: Path) -> None
 # --------------------------------------------------------------------------- 10. threads
 
 
-def settled_thread_count(pid: int, stable: float = 1.5, timeout: float = 8.0) -> int:
-    """The thread count once it stopped changing for ``stable`` seconds (bounded).
-
-    Some threads outlive a request by about a second (the servers' and asgiref's
-    executors winding down): waiting for a longer quiet spell gives the real floor.
-    """
-    deadline = time.monotonic() + timeout
-    last, since = thread_count(pid), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = thread_count(pid)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= stable:
-            break
-    return last
-
-
 def run_streams(
     server: LiveServer, tmp_path: Path, flavour: str, round_: str, n: int, pid: int
 ) -> tuple[int, float]:
     """Open ``n`` endless streams at once, then RST them all; (threads while open, cleanup)."""
     markers = [tmp_path / f"{round_}-{i}" for i in range(n)]
-    socks = [raw_open(server, query(ENDLESS[flavour], every=0.1, marker=m)) for m in markers]
+    socks = [raw_open(server.port, query(ENDLESS[flavour], every=0.1, marker=m)) for m in markers]
     try:
         for sock in socks:
             raw_read_until(sock, b'data: {"i": 0}\n\n', timeout=5)
@@ -679,13 +517,15 @@ def run_streams(
 
 
 @pytest.mark.parametrize(("flavour", "kind"), COMBOS)
-def test_no_thread_left_behind(servers: Servers, tmp_path: Path, flavour: str, kind: str) -> None:
+def test_no_thread_left_behind(
+    servers: ServerPool, tmp_path: Path, flavour: str, kind: str
+) -> None:
     """After disconnects, the process serving the streams is back to its thread count.
 
     A sync generator runs in a thread of its own (on both servers); an async one under
     gunicorn runs on an event loop of its own. Nothing of either may outlive the stream.
     """
-    server = servers.get(kind)
+    server = servers.get(kind, LOGGING_SETTINGS)
     combo = f"{flavour}-{kind}"
     n = 4
     with showing_logs(server), httpx.Client(timeout=CLIENT_TIMEOUT) as client:

@@ -20,9 +20,22 @@ urlpatterns = [
     path("async/private/", views.async_private),
     path("sync/private/", views.sync_private),
     path("resume/", views.resume),
-    path("class-based/", views.CountView.as_view()),
+    path("class/", views.CountView.as_view()),
     path("pid/", views.pid_view),
     path("async/resume/", views.async_resume),
+]
+
+# The decorator's tests.
+urlpatterns += [
+    path("bare/", views.bare_sync),
+    path("called/", views.called_async),
+    path("async/three/", views.async_three),
+    path("async/staff/", views.async_staff),
+    path("async/db-permission/", views.async_db_permission),
+    path("sync/async-permission/", views.sync_with_async_permission),
+    path("async/db-state/", views.async_db_state),
+    path("sync/bad-yield/", views.sync_bad_yield),
+    path("async-class/", views.AsyncCountView.as_view()),
 ]
 
 # Observability tests (issue 3).

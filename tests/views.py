@@ -1,4 +1,8 @@
-"""Stream views exercised by the tests, through real servers and the test client."""
+"""Every view the tests use, through real servers, the test client and direct calls.
+
+Routed in ``tests/urls.py``. Grouped by the test files that use them; a view that two files
+need is defined once, in the first group.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,20 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
 from django.http import HttpRequest
 from django.views import View
 
 from django_flosse import SSEEvent, sse_stream
-from django_flosse.permissions import IsAuthenticated
+from django_flosse.permissions import BaseSSEPermission, IsAuthenticated
+
+#: The views of ``IsAuthenticated`` and other permission checks that got as far as their
+#: body, by name (test_decorators.py clears it before each test: a 403 must start nothing).
+STARTED: list[str] = []
+
+#: What the failing views raise: it must reach the log, never a client (DEBUG off).
+FAILURE = "secret internal detail /srv/app/secret.py"
 
 
 def _mark(request: HttpRequest, what: str) -> None:
@@ -82,7 +95,7 @@ def sync_idle(request: HttpRequest) -> Iterator[Any]:
     yield "late"
 
 
-@sse_stream(retry=2500)
+@sse_stream(retry=2500, name="custom.name")
 def with_retry(request: HttpRequest) -> Iterator[Any]:
     yield "hello"
 
@@ -90,30 +103,41 @@ def with_retry(request: HttpRequest) -> Iterator[Any]:
 @sse_stream
 def sync_fails(request: HttpRequest) -> Iterator[Any]:
     yield "before"
-    raise RuntimeError("secret internal detail /srv/app/secret.py")
+    raise RuntimeError(FAILURE)
 
 
 @sse_stream
 async def async_fails(request: HttpRequest) -> AsyncIterator[Any]:
     yield "before"
-    raise RuntimeError("secret internal detail /srv/app/secret.py")
+    raise RuntimeError(FAILURE)
 
 
 @sse_stream
-async def async_bad_yield(request: HttpRequest) -> AsyncIterator[Any]:
+def sync_bad_yield(request: HttpRequest) -> Iterator[Any]:
+    """Yields ``bytes``, which no yield style accepts."""
     yield "before"
     yield b"raw bytes"
     yield "after"
 
 
+@sse_stream
+async def async_bad_yield(request: HttpRequest) -> AsyncIterator[Any]:
+    """Yields a dict with a key that is not an SSE field."""
+    yield "before"
+    yield {"data": "x", "colour": "red"}
+    yield "after"
+
+
 @sse_stream(permission_classes=[IsAuthenticated])
 async def async_private(request: HttpRequest) -> AsyncIterator[Any]:
-    yield "secret"
+    STARTED.append("async_private")
+    yield f"hello {request.user.get_username()}"
 
 
 @sse_stream(permission_classes=[IsAuthenticated])
 def sync_private(request: HttpRequest) -> Iterator[Any]:
-    yield "secret"
+    STARTED.append("sync_private")
+    yield f"hello {request.user.get_username()}"
 
 
 @sse_stream
@@ -126,8 +150,14 @@ def resume(request: HttpRequest) -> Iterator[Any]:
 
 
 class CountView(View):
-    @sse_stream(name="tests.class_based")
+    @sse_stream
     def get(self, request: HttpRequest) -> Iterator[Any]:
+        yield ("tick", {"view": type(self).__name__, "method": request.method})
+
+
+class AsyncCountView(View):
+    @sse_stream(permission_classes=[IsAuthenticated])
+    async def get(self, request: HttpRequest) -> AsyncIterator[Any]:
         yield ("tick", {"view": type(self).__name__})
 
 
@@ -146,14 +176,86 @@ async def async_resume(request: HttpRequest) -> AsyncIterator[Any]:
         yield SSEEvent(data={"i": i}, event="tick", id=i)
 
 
+# --------------------------------------------------------------- the decorator
+# Views of tests/test_decorators.py: both forms of the decorator, permission classes that
+# are sync, async or query the database, and what an async view sees of its connection.
+
+
+@sse_stream
+def bare_sync(request: HttpRequest) -> Iterator[Any]:
+    yield "bare"
+
+
+@sse_stream()
+async def called_async(request: HttpRequest) -> AsyncIterator[Any]:
+    yield "called"
+
+
+@sse_stream(heartbeat=None)
+async def async_three(request: HttpRequest) -> AsyncIterator[Any]:
+    for i in range(3):
+        await asyncio.sleep(0)
+        yield ("tick", {"i": i})
+
+
+class HasAnyUserInDB(BaseSSEPermission):
+    """A sync permission that queries the database (must not run on the event loop)."""
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        return User.objects.filter(username="alice").exists()
+
+
+class AsyncStaffOnly(BaseSSEPermission):
+    async def has_permission(self, request: HttpRequest) -> bool:
+        user = await request.auser()
+        return bool(user.is_staff)
+
+
+@sse_stream(permission_classes=[AsyncStaffOnly])
+async def async_staff(request: HttpRequest) -> AsyncIterator[Any]:
+    STARTED.append("async_staff")
+    yield "staff"
+
+
+@sse_stream(permission_classes=[HasAnyUserInDB, IsAuthenticated])
+async def async_db_permission(request: HttpRequest) -> AsyncIterator[Any]:
+    yield "allowed"
+
+
+@sse_stream(permission_classes=[AsyncStaffOnly])
+def sync_with_async_permission(request: HttpRequest) -> Iterator[Any]:
+    STARTED.append("sync_with_async_permission")
+    yield "allowed"
+
+
+@sse_stream
+async def async_db_state(request: HttpRequest) -> AsyncIterator[Any]:
+    """Reports what the view sees: is the request thread's connection open, who is the user."""
+
+    def connection_is_open() -> bool:
+        from django.db import connection
+
+        return connection.connection is not None
+
+    yield {
+        "connection_open": await sync_to_async(connection_is_open)(),
+        "user_class": request.user.__class__.__name__,
+        "authenticated": request.user.is_authenticated,  # on the loop: no lazy query left
+    }
+
+
+@sse_stream
+def count_users(request: HttpRequest) -> Iterator[Any]:
+    """Called directly (not routed): its query must see the rows of the test's transaction."""
+    yield str(User.objects.count())
+
+
 # --------------------------------------------------------------- observability (issue 3)
 # Views of tests/test_registry.py, test_metrics.py, test_log.py and
 # test_observability_servers.py. Each has its own stream name, so metric samples of one
 # test file never mix with another's.
 
 import structlog  # noqa: E402
-
-from django_flosse.permissions import BaseSSEPermission  # noqa: E402
 
 
 class DenyAll(BaseSSEPermission):

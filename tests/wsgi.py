@@ -1,4 +1,4 @@
-"""WSGI entry point for the real servers the tests start (``tests/servers.py``)."""
+"""WSGI entry point for the real servers the tests start (``tests/support/servers.py``)."""
 
 from __future__ import annotations
 

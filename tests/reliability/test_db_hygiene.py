@@ -38,9 +38,10 @@ from typing import Any
 
 import pytest
 
-from tests.postgres import postgres_fixture as postgres_fixture  # the "postgres" fixture
-from tests.reliability.helpers import RawStream, get_json, showing_logs
-from tests.servers import REPO_ROOT, LiveServer
+from tests.support.observe import showing_logs
+from tests.support.postgres import postgres_fixture as postgres_fixture  # the "postgres" fixture
+from tests.support.servers import REPO_ROOT, LiveServer
+from tests.support.wire import RawStream, get_json
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(240)]
 

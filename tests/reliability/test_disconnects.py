@@ -30,19 +30,10 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.helpers import (
-    LOGGING_SETTINGS,
-    RawStream,
-    active_gauge,
-    closed_records,
-    cpu_seconds,
-    get_json,
-    open_many,
-    rss_mb,
-    showing_logs,
-    wait_until,
-)
-from tests.servers import LiveServer
+from tests.support.observe import active_gauge, closed_records, showing_logs, state, wait_until
+from tests.support.processes import cpu_seconds, rss_mb, settled_rss
+from tests.support.servers import LOGGING_SETTINGS, LiveServer
+from tests.support.wire import RawStream, open_many
 
 pytestmark = [
     pytest.mark.server,
@@ -62,25 +53,6 @@ STREAM = "rel.endless"
 PATH = "/rel/endless/?every=1"
 #: How long the open rows may take to appear (the history writer batches its inserts).
 ROWS_WITHIN = 15.0
-
-
-def state(server: LiveServer, gc: bool = False) -> dict[str, Any]:
-    result: dict[str, Any] = get_json(server, "/rel/state/?rows=1" + ("&gc=1" if gc else ""))
-    return result
-
-
-def settled_rss(pid: int, stable: float = 1.0, timeout: float = 6.0) -> float:
-    """RSS once it stopped moving by more than 1% for ``stable`` seconds (bounded)."""
-    deadline = time.monotonic() + timeout
-    last, since = rss_mb(pid), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = rss_mb(pid)
-        if abs(now - last) > last * 0.01:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= stable:
-            break
-    return rss_mb(pid)
 
 
 def one_round(server: LiveServer, label: str, figure: Any) -> dict[str, float]:

@@ -30,15 +30,9 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.helpers import (
-    LOGGING_SETTINGS,
-    RawStream,
-    closed_records,
-    open_many,
-    request_bytes,
-    showing_logs,
-)
-from tests.servers import HOST, LiveServer
+from tests.support.observe import closed_records, showing_logs
+from tests.support.servers import HOST, LOGGING_SETTINGS, LiveServer
+from tests.support.wire import RawStream, open_many, request_bytes
 
 pytestmark = [
     pytest.mark.server,

@@ -17,18 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.helpers import (
-    LOGGING_SETTINGS,
-    RawStream,
-    closed_records,
-    get_json,
-    rss_mb,
-    rst_close,
-    showing_logs,
-    stuck_socket,
-    wait_until,
-)
-from tests.servers import LiveServer
+from tests.support.observe import closed_records, showing_logs, wait_until
+from tests.support.processes import rss_mb
+from tests.support.servers import LOGGING_SETTINGS, LiveServer
+from tests.support.wire import RawStream, get_json, rst_close, stuck_socket
 
 pytestmark = [
     pytest.mark.server,

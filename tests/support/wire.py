@@ -1,13 +1,19 @@
-"""Raw clients and server probes for the reliability suite.
+"""Raw HTTP clients for real servers, and the parsing of what they receive.
 
 httpx needs a few milliseconds and a lot of memory per stream; a thousand streams need
 plain sockets. :class:`RawStream` is one HTTP/1.1 ``GET`` on an asyncio connection whose
 reader task keeps draining (and keeping) what the server sends, so the test decides exactly
 how and when the connection ends: :meth:`RawStream.rst` closes it with ``SO_LINGER`` 0 (the
 kernel sends RST, no goodbye), as a browser tab that crashes or a phone that loses its
-network would.
+network would. ``raw_open`` / ``raw_read_until`` do the same on a blocking socket,
+``stuck_socket`` is a client that never reads, and ``raw_request`` sends exactly the bytes
+a test gives (hostile headers included) and reads the whole answer.
 
-Everything is bounded: every wait has a deadline and every loop a count.
+The parsing here is for bytes off the wire (chunked encoding, complete SSE blocks as
+dicts); for responses of the test client use ``django_flosse.testing``.
+
+Everything is bounded: every wait has a deadline and every loop a count. Standard library
+only: the soak run imports this module from ``bench/.venv``.
 """
 
 from __future__ import annotations
@@ -15,27 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import socket
 import struct
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from tests.servers import HOST, LiveServer
-
-#: Settings of every server of this suite: tests.settings plus the log lines we parse.
-LOGGING_SETTINGS = "tests.settings_server"
-
+from tests.support.servers import HOST, LiveServer
 
 # --------------------------------------------------------------------------- raw clients
 
 
 def request_bytes(port: int, path: str, headers: dict[str, str] | None = None) -> bytes:
+    """An HTTP/1.1 ``GET`` of an event stream, as a browser's EventSource sends it."""
     lines = [
         f"GET {path} HTTP/1.1",
         f"Host: {HOST}:{port}",
@@ -179,10 +180,57 @@ def stuck_socket(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
     return sock
 
 
+def raw_open(port: int, path: str, headers: dict[str, str] | None = None) -> socket.socket:
+    """Send a GET on a plain socket (so the test decides exactly how it is closed)."""
+    sock = socket.create_connection((HOST, port), timeout=5)
+    sock.sendall(request_bytes(port, path, headers))
+    return sock
+
+
+def raw_read_until(sock: socket.socket, needle: bytes, timeout: float) -> bytes:
+    """Read (bounded in time) until ``needle`` was received; return everything read."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while needle not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{needle!r} not received within {timeout} s; got {buf!r}")
+        sock.settimeout(remaining)
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"the server closed the connection; got {buf!r}")
+        buf += data
+    return buf
+
+
 def rst_close(sock: socket.socket) -> None:
+    """Close abruptly: SO_LINGER 0 makes the kernel send RST instead of FIN."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
+
+
+def raw_request(server: LiveServer, path: str, headers: bytes = b"") -> tuple[int, bytes]:
+    """Send exactly these bytes (HTTP/1.0: the body ends when the server closes).
+
+    Returns the status and the body (dechunked: uvicorn's httptools protocol answers even
+    HTTP/1.0 with chunked encoding).
+    """
+    request = b"GET " + path.encode() + b" HTTP/1.0\r\nHost: " + HOST.encode() + b"\r\n"
+    with socket.create_connection((HOST, server.port), timeout=10) as sock:
+        sock.sendall(request + headers + b"\r\n")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+            if len(received) > 10_000_000:
+                raise AssertionError("the response never ends")
+    status = int(received.split(b" ", 2)[1])
+    return status, response_body(received)
+
+
+def get_json(server: LiveServer, path: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(server.url + path, timeout=timeout) as response:
+        return json.loads(response.read())
 
 
 # --------------------------------------------------------------------------- parsing
@@ -205,10 +253,11 @@ def dechunk(raw: bytes) -> bytes:
 
 
 def response_body(raw: bytes) -> bytes:
+    """The body of a whole HTTP/1.x response (dechunked if it was chunked)."""
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep:
         return b""
-    if b"transfer-encoding: chunked" in head.lower():
+    if re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
         return dechunk(body)
     return body
 
@@ -229,95 +278,3 @@ def parse_events(body: bytes) -> list[dict[str, str]]:
         if fields:
             events.append(fields)
     return events
-
-
-# --------------------------------------------------------------------------- server probes
-
-
-def get_json(server: LiveServer, path: str, timeout: float = 10.0) -> Any:
-    with urllib.request.urlopen(server.url + path, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-_GAUGE = re.compile(r'^flosse_connections_active\{stream="([^"]*)"\} (\S+)$', re.M)
-
-
-def active_gauge(server: LiveServer, stream: str) -> float:
-    with urllib.request.urlopen(server.url + "/flosse/metrics/", timeout=10) as response:
-        text = response.read().decode()
-    values = {name: float(value) for name, value in _GAUGE.findall(text)}
-    return values.get(stream, 0.0)
-
-
-def proc_status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (from /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    return proc_status(pid, "VmRSS") / 1024
-
-
-def open_fds_to(pid: int, target: str) -> int:
-    """How many of ``pid``'s file descriptors point at ``target`` (a path)."""
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            if fd.readlink() == Path(target):
-                count += 1
-    return count
-
-
-def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> float | None:
-    """Seconds until ``check()`` was true, or None at the deadline (bounded)."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start >= timeout:
-            return None
-        time.sleep(interval)
-
-
-# --------------------------------------------------------------------------- logs
-
-_PAIR = re.compile(r"(\w+)=('(?:[^'\\]|\\.)*'|\S+)")
-
-
-def flosse_records(server: LiveServer) -> list[dict[str, str]]:
-    """The ``sse.*`` log records of the server (the same format as tests/test_servers.py)."""
-    records = []
-    for line in server.logs().splitlines():
-        if " django_flosse event='sse." not in line:
-            continue
-        pairs = _PAIR.findall(line.split(" django_flosse ", 1)[1])
-        records.append({k: v[1:-1] if v.startswith("'") else v for k, v in pairs})
-    return records
-
-
-def closed_records(server: LiveServer, stream: str | None = None) -> list[dict[str, str]]:
-    return [
-        r
-        for r in flosse_records(server)
-        if r.get("event") == "sse.connection.closed" and (stream is None or r["stream"] == stream)
-    ]
-
-
-@contextlib.contextmanager
-def showing_logs(*servers: LiveServer, tail: int = 200) -> Iterator[None]:
-    """Print the servers' logs (their last ``tail`` lines) if the block fails."""
-    try:
-        yield
-    except BaseException:
-        for server in servers:
-            lines = server.logs().splitlines()
-            print("\n".join([*lines[:3], "...", *lines[-tail:]]))
-        raise

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import HOST, REPO_ROOT, free_port
+from tests.support.processes import pid_alive
+from tests.support.servers import HOST, REPO_ROOT, free_port
 
 START_TIMEOUT = 30
 STOP_TIMEOUT = 30.0
@@ -138,23 +139,11 @@ class PostgresCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGINT)
                 deadline = time.monotonic() + STOP_TIMEOUT
-                while _alive(pid) and time.monotonic() < deadline:
+                while pid_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                if _alive(pid):
+                if pid_alive(pid):
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # Not reaped yet by its parent: a zombie no longer runs.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
 
 
 @pytest.fixture(scope="session", name="postgres")

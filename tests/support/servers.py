@@ -1,4 +1,4 @@
-"""Real server processes for end-to-end tests.
+"""Real server processes for end-to-end tests: one way to start them, one pool to share them.
 
 ``LiveServer`` starts uvicorn or daphne (ASGI) or gunicorn gthread (WSGI) in a child process
 on a free port of 127.0.0.1, serving ``tests.asgi`` / ``tests.wsgi`` with ``tests.settings``,
@@ -13,6 +13,15 @@ session, for gunicorn's workers): never anything found by name.
 
 The child's stdout and stderr go to temporary files, readable at any time with ``logs()``,
 also after the server stopped (until ``close()``).
+
+``ServerPool`` is how the suite holds them: ``get()`` starts a server on first use, one per
+(kind, settings module, loop), and hands the same one to every later caller; ``start()``
+starts a fresh one for a test that will kill it or needs odd arguments. ``close()`` stops
+them all. conftest.py gives each test module a pool (``server_pool``) and each test one for
+its own servers (``live_server_factory``); ``bench/soak.py`` uses ``LiveServer`` directly.
+
+Only the standard library is imported here (``tests.settings`` lazily): the soak run and
+the benchmark import this module from ``bench/.venv``, which has no pytest.
 """
 
 from __future__ import annotations
@@ -21,7 +30,6 @@ import contextlib
 import importlib.metadata
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -29,14 +37,21 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.processes import POLL_INTERVAL, stop_process
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
-_POLL_INTERVAL = 0.05
+
+#: The settings of a plain server: the test project, with connection history on.
+SETTINGS = "tests.settings"
+#: ``tests.settings`` plus a LOGGING config that prints the ``django_flosse`` logger's
+#: records to stderr, where ``logs()`` reads them (``tests.support.observe`` parses them).
+LOGGING_SETTINGS = "tests.settings_server"
 
 Kind = Literal["uvicorn", "gunicorn", "daphne"]
 
@@ -137,7 +152,7 @@ class LiveServer:
                 "-k", "gthread", "--threads", str(self.threads), "-w", str(self.workers),
                 "-b", f"{HOST}:{self.port}", "--graceful-timeout", "5",
             ]  # fmt: skip
-            if _gunicorn_has_control_socket():
+            if gunicorn_has_control_socket():
                 # One fixed path per user by default: concurrent servers would fight over it.
                 cmd.append("--no-control-socket")
         return cmd + self.extra_args
@@ -147,7 +162,7 @@ class LiveServer:
             # Importing the settings exports FLOSSE_TEST_DB, so parent and child share the DB.
             import tests.settings  # noqa: F401
         env = dict(os.environ)
-        env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+        env["DJANGO_SETTINGS_MODULE"] = SETTINGS
         env["PYTHONUNBUFFERED"] = "1"
         env["FLOSSE_TEST_SERVER"] = "1"  # servers write connection history (tests.settings)
         env.update(self.extra_env)
@@ -201,21 +216,9 @@ class LiveServer:
         if proc is None:
             return None
         try:
-            if proc.returncode is None:
-                if not _exited_unreaped(proc.pid, 0):
-                    proc.send_signal(signal.SIGTERM)
-                if not _exited_unreaped(proc.pid, timeout):
-                    proc.kill()
-                    _exited_unreaped(proc.pid, STOP_TIMEOUT)
-                # The server has exited but is not reaped yet, so its pid (= its process
-                # group id) cannot have been reused: kill what is left of its own group
-                # (gunicorn workers whose master was killed), then reap it.
-                if _exited_unreaped(proc.pid, 0, reaped_ok=False):
-                    self._kill_group(proc.pid)
-                proc.wait(STOP_TIMEOUT)
+            return stop_process(proc, timeout, STOP_TIMEOUT)
         finally:
             _RUNNING.discard(self)
-        return proc.returncode
 
     def logs(self) -> str:
         """The server's stdout and stderr so far, for printing when a test fails."""
@@ -291,7 +294,7 @@ class LiveServer:
                 )
             if self._answers_http(min(2.0, max(0.1, deadline - time.monotonic()))):
                 return
-            time.sleep(_POLL_INTERVAL)
+            time.sleep(POLL_INTERVAL)
         raise ServerStartError(
             f"{self.kind} did not answer on {self.url} within {self.start_timeout:g} s\n"
             + self.logs()
@@ -306,15 +309,8 @@ class LiveServer:
         except OSError:
             return False
 
-    @staticmethod
-    def _kill_group(pgid: int) -> None:
-        # The group was created by start_new_session=True for this server: its id is the
-        # server's pid, and only the server and its own children are in it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
 
-
-def _gunicorn_has_control_socket() -> bool:
+def gunicorn_has_control_socket() -> bool:
     """gunicorn 25.1 added a control socket, on by default (``--no-control-socket``)."""
     try:
         version = importlib.metadata.version("gunicorn")
@@ -324,24 +320,51 @@ def _gunicorn_has_control_socket() -> bool:
     return parts >= (25, 1)
 
 
-def _exited_unreaped(pid: int, timeout: float, *, reaped_ok: bool = True) -> bool:
-    """Wait up to ``timeout`` s for ``pid`` to exit, leaving it a zombie (not reaped).
-
-    A child already reaped elsewhere counts as exited only if ``reaped_ok``.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return True
-        except ChildProcessError:  # already reaped by someone
-            return reaped_ok
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL_INTERVAL)
-
-
 def stop_all() -> None:
     """Stop every LiveServer still running (used by the session fixture)."""
     for server in list(_RUNNING):
         server.close()
+
+
+class ServerPool:
+    """Servers shared on first use, and fresh ones on demand; ``close()`` stops them all.
+
+    ``get(kind, settings, loop)`` starts one server per key the first time it is asked
+    for and returns that same server afterwards: tests that only talk to a server share
+    it (starting one takes a second or two). ``start(...)`` takes any ``LiveServer``
+    arguments and always starts a new server, for tests that signal, kill or load it.
+    """
+
+    def __init__(self) -> None:
+        self._shared: dict[tuple[str, str, str | None], LiveServer] = {}
+        self._started: list[LiveServer] = []
+
+    def get(
+        self,
+        kind: str,
+        settings: str = SETTINGS,
+        loop: Literal["uvloop", "asyncio"] | None = None,
+    ) -> LiveServer:
+        """``loop=None``: uvicorn's default (uvloop when installed, as with uvicorn[standard])."""
+        key = (kind, settings, loop)
+        if key not in self._shared:
+            self._shared[key] = self.start(
+                kind, loop=loop, env={"DJANGO_SETTINGS_MODULE": settings}
+            )
+        return self._shared[key]
+
+    def start(self, *args: Any, **kwargs: Any) -> LiveServer:
+        """A new ``LiveServer(*args, **kwargs)``, started (it is stopped by ``close()``)."""
+        server = LiveServer(*args, **kwargs)
+        self._started.append(server)
+        return server.start()
+
+    def shared(self) -> list[LiveServer]:
+        """The servers ``get()`` started, in order."""
+        return list(self._shared.values())
+
+    def close(self) -> None:
+        for server in self._started:
+            server.close()
+        self._started.clear()
+        self._shared.clear()
