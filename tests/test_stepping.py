@@ -154,7 +154,7 @@ async def test_awaiting_something_that_is_not_an_asyncio_future_is_a_clear_error
 
     source = producer()
     step = Step(source)
-    with pytest.raises(RuntimeError, match="not an asyncio future.*asyncio-compatible"):
+    with pytest.raises(RuntimeError, match=r"not an asyncio future.*asyncio-compatible"):
         step.poll()
     assert closed == [True]  # the producer's cleanup ran: it was not left suspended
     assert not step.suspended
