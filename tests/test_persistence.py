@@ -30,7 +30,6 @@ from django_flosse.observing import _history as persistence
 from django_flosse.observing import _rows
 from django_flosse.observing._history import PersistenceWriter
 from django_flosse.observing.registry import Connection, current_process, registry
-from django_flosse.terminate import close_lost, request_stop
 from django_flosse.testing import acollect_events, collect_events
 from tests.support.servers import REPO_ROOT
 
@@ -351,29 +350,6 @@ def test_the_thread_keeps_going_when_the_database_fails(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_stale_open_rows_of_other_processes_are_closed_as_lost(writer: PersistenceWriter) -> None:
-    stale = stale_row("deadhost:1", age=60)
-    fresh = stale_row("livehost:2", age=1)
-    done = stale_row("deadhost:1", age=60, closed_at=timezone.now(), close_reason="completed")
-    mine = stale_row(current_process(), age=60)
-
-    assert close_lost() == 1
-    stale.refresh_from_db()
-    assert stale.close_reason == "lost" and stale.closed_at == stale.last_seen_at
-    for other in (fresh, done, mine):
-        before = other.close_reason
-        other.refresh_from_db()
-        assert other.close_reason == before
-
-    # The writer runs the same check as it flushes.
-    later = stale_row("deadhost:3", age=60)
-    open_connection()
-    writer.flush()
-    later.refresh_from_db()
-    assert later.close_reason == "lost"
-
-
-@pytest.mark.django_db(transaction=True)
 def test_first_flush_closes_rows_left_by_an_earlier_process_with_our_identity(
     writer: PersistenceWriter,
 ) -> None:
@@ -414,26 +390,6 @@ async def test_stop_requested_on_a_row_ends_the_live_stream_within_2s(
     await sync_to_async(connections.close_all)()  # asgiref's worker thread's connection
 
 
-@pytest.mark.django_db(transaction=True)
-def test_request_stop_stops_local_streams_and_flags_rows_for_other_processes(
-    writer: PersistenceWriter,
-) -> None:
-    local = open_connection()
-    writer.flush()
-    remote = stale_row("otherhost:7", age=0)
-    finished = stale_row("otherhost:7", age=0, closed_at=timezone.now(), close_reason="completed")
-
-    assert request_stop([local.id, remote.connection_id, finished.connection_id, "nope"]) == 2
-    assert local.stop_reason == "terminated"  # at once, no flush needed
-    remote.refresh_from_db()
-    finished.refresh_from_db()
-    assert remote.stop_requested == "terminated"
-    assert finished.stop_requested == ""
-    with pytest.raises(ValueError, match="unknown close reason"):
-        request_stop([local.id], "bored")
-    registry.close(local, "terminated")
-
-
 # ---------------------------------------------------------------------- process lifecycle
 
 
@@ -455,18 +411,6 @@ def test_nothing_is_queued_when_persistence_is_off(writer: PersistenceWriter) ->
     assert writer._pending == {}
     registry.close(connection, "completed")
     assert writer._finished == {}
-
-
-@pytest.mark.parametrize("enabled", [True, False])
-def test_the_app_wires_the_writer_only_when_persistence_is_on(enabled: bool) -> None:
-    from django.apps import apps
-
-    with override_settings(FLOSSE={"PERSISTENCE": enabled}):  # re-wired on the change
-        assert (persistence.writer in registry.observers()) is enabled
-        apps.get_app_config("django_flosse").ready()  # what a starting server does
-        assert (persistence.writer in registry.observers()) is enabled
-        assert registry.observers().count(persistence.writer) == int(enabled)
-    assert persistence.writer not in registry.observers()  # tests.settings: off
 
 
 def test_the_decorator_without_the_app_imports_no_model() -> None:

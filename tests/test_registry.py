@@ -8,10 +8,7 @@ the decorator uses), reset before every test.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -21,10 +18,9 @@ from typing import Any
 import pytest
 import structlog
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import AnonymousUser, User
+from django.contrib.auth.models import User
 from django.http import HttpResponseBase
 from django.test import AsyncClient, Client, RequestFactory, override_settings
-from django.urls import resolve
 
 from django_flosse import reasons
 from django_flosse.observing._dashboard import watcher
@@ -206,67 +202,6 @@ def test_leaving_a_sync_stream_raises_nothing_in_its_producer_thread(client: Cli
         threading.excepthook = previous_hook
     assert errors == []
     assert registry.totals()["obs.endless"].closed == Counter({"cancelled": 1})
-
-
-def _opened_connection(request: Any) -> Connection:
-    """Open ``obs.limited_sync`` for ``request`` and return its registry record."""
-    response = views.obs_limited_sync(request)
-    try:
-        (connection,) = registry.live("obs.limited_sync")
-        return connection
-    finally:
-        close_response(response)
-
-
-def test_a_connection_records_who_and_what(rf: RequestFactory) -> None:
-    request = rf.get(
-        "/obs/limited-sync/",
-        REMOTE_ADDR="192.0.2.10",
-        HTTP_USER_AGENT="EventSource-test/1.0",
-        HTTP_LAST_EVENT_ID="17",
-    )
-    request.resolver_match = resolve("/obs/limited-sync/")
-    request.user = User(pk=42, username="carol")
-    before = time.time()
-
-    connection = _opened_connection(request)
-
-    assert len(connection.id) >= 16
-    assert connection.stream == "obs.limited_sync"
-    assert connection.path == "/obs/limited-sync/"
-    assert connection.route == "obs/limited-sync/"
-    assert (connection.user_id, connection.username) == ("42", "carol")
-    assert connection.client_ip == "192.0.2.10"
-    assert connection.user_agent == "EventSource-test/1.0"
-    assert connection.last_event_id == "17"
-    assert connection.process == f"{socket.gethostname()}:{os.getpid()}"
-    assert before - 1 <= connection.opened_at <= time.time()
-
-
-def test_an_anonymous_connection_has_no_user(rf: RequestFactory) -> None:
-    request = rf.get("/")
-    request.user = AnonymousUser()
-    connection = _opened_connection(request)
-    assert (connection.user_id, connection.username) == (None, "")
-
-
-@override_settings(FLOSSE={"CLIENT_IP_HEADER": "HTTP_X_FORWARDED_FOR"})
-def test_client_ip_from_the_trusted_proxy_header(rf: RequestFactory) -> None:
-    request = rf.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.9, 10.0.0.1")
-    assert _opened_connection(request).client_ip == "198.51.100.9"
-    # Without the header, the proxy's own address is all there is.
-    assert _opened_connection(rf.get("/", REMOTE_ADDR="10.0.0.1")).client_ip == "10.0.0.1"
-
-
-def test_the_forwarded_header_is_ignored_unless_configured(rf: RequestFactory) -> None:
-    request = rf.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.9")
-    assert _opened_connection(request).client_ip == "10.0.0.1"
-
-
-@override_settings(FLOSSE={"RECORD_CLIENT_IP": False, "CLIENT_IP_HEADER": "HTTP_X_REAL_IP"})
-def test_client_ip_is_not_recorded_when_switched_off(rf: RequestFactory) -> None:
-    request = rf.get("/", REMOTE_ADDR="192.0.2.10", HTTP_X_REAL_IP="198.51.100.9")
-    assert _opened_connection(request).client_ip is None
 
 
 # ---------------------------------------------------------------- snapshots, totals

@@ -93,11 +93,18 @@ class Step:
             self.waiting_on = yielded
         else:
             self._aw = self.waiting_on = None
-            aw.close()
-            raise RuntimeError(
+            error = RuntimeError(
                 f"the stream's producer awaited {yielded!r}, which is not an asyncio future; "
                 "only asyncio-compatible awaitables are supported"
             )
+            # Raised at the producer's await, so its cleanup runs and it ends. (Closing the
+            # step instead leaves an async generator marked as running: its finally never
+            # runs and the stream's aclose() raises "already running".)
+            try:
+                aw.throw(error)
+            finally:
+                aw.close()
+            raise error
         return False, None
 
     async def cancel(self, deliver: bool = True) -> tuple[bool, Any] | None:

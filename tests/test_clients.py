@@ -1,0 +1,175 @@
+"""What is recorded about the client of a connection (streaming/_clients.py).
+
+Headers are the client's to make up: every recorded value is cut to a bound, and the proxy
+header is read only when the settings name it. Request doubles (0.2.0's own tests called
+views with mocks shaped like a request) must still give a connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+from django.contrib.auth.models import AnonymousUser, User
+from django.test import RequestFactory, override_settings
+from django.urls import resolve
+
+from django_flosse.conf import get_config
+from django_flosse.observing.registry import Connection, registry
+from django_flosse.streaming._clients import MAX_HEADER_LENGTH, client_ip, connection_for
+from tests import views
+from tests.helpers import close_response
+
+
+def _opened_connection(request: Any) -> Connection:
+    """Open ``obs.limited_sync`` for ``request`` and return its registry record."""
+    response = views.obs_limited_sync(request)
+    try:
+        (connection,) = registry.live("obs.limited_sync")
+        return connection
+    finally:
+        close_response(response)
+
+
+def test_a_connection_records_who_and_what(rf: RequestFactory) -> None:
+    request = rf.get(
+        "/obs/limited-sync/",
+        REMOTE_ADDR="192.0.2.10",
+        HTTP_USER_AGENT="EventSource-test/1.0",
+        HTTP_LAST_EVENT_ID="17",
+    )
+    request.resolver_match = resolve("/obs/limited-sync/")
+    request.user = User(pk=42, username="carol")
+    before = time.time()
+
+    connection = _opened_connection(request)
+
+    assert len(connection.id) >= 16
+    assert connection.stream == "obs.limited_sync"
+    assert connection.path == "/obs/limited-sync/"
+    assert connection.route == "obs/limited-sync/"
+    assert (connection.user_id, connection.username) == ("42", "carol")
+    assert connection.client_ip == "192.0.2.10"
+    assert connection.user_agent == "EventSource-test/1.0"
+    assert connection.last_event_id == "17"
+    assert connection.process == f"{socket.gethostname()}:{os.getpid()}"
+    assert before - 1 <= connection.opened_at <= time.time()
+
+
+def test_an_anonymous_connection_has_no_user(rf: RequestFactory) -> None:
+    request = rf.get("/")
+    request.user = AnonymousUser()
+    connection = _opened_connection(request)
+    assert (connection.user_id, connection.username) == (None, "")
+
+
+@override_settings(FLOSSE={"CLIENT_IP_HEADER": "HTTP_X_FORWARDED_FOR"})
+def test_client_ip_from_the_trusted_proxy_header(rf: RequestFactory) -> None:
+    request = rf.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.9, 10.0.0.1")
+    assert _opened_connection(request).client_ip == "198.51.100.9"
+    # Without the header, the proxy's own address is all there is.
+    assert _opened_connection(rf.get("/", REMOTE_ADDR="10.0.0.1")).client_ip == "10.0.0.1"
+
+
+def test_the_forwarded_header_is_ignored_unless_configured(rf: RequestFactory) -> None:
+    request = rf.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.9")
+    assert _opened_connection(request).client_ip == "10.0.0.1"
+
+
+@override_settings(FLOSSE={"RECORD_CLIENT_IP": False, "CLIENT_IP_HEADER": "HTTP_X_REAL_IP"})
+def test_client_ip_is_not_recorded_when_switched_off(rf: RequestFactory) -> None:
+    request = rf.get("/", REMOTE_ADDR="192.0.2.10", HTTP_X_REAL_IP="198.51.100.9")
+    assert _opened_connection(request).client_ip is None
+
+
+# ------------------------------------------------------------------------ client_ip
+
+
+@pytest.mark.parametrize(
+    ("flosse", "meta", "expected"),
+    [
+        ({}, {"REMOTE_ADDR": "192.0.2.10"}, "192.0.2.10"),
+        ({}, {}, None),
+        ({}, {"REMOTE_ADDR": ""}, None),
+        ({}, {"REMOTE_ADDR": "1" * 100}, "1" * 64),
+        (
+            {"CLIENT_IP_HEADER": "HTTP_X_REAL_IP"},
+            {"REMOTE_ADDR": "10.0.0.1", "HTTP_X_REAL_IP": "198.51.100.9"},
+            "198.51.100.9",
+        ),
+        (
+            {"CLIENT_IP_HEADER": "HTTP_X_FORWARDED_FOR"},
+            {"REMOTE_ADDR": "10.0.0.1", "HTTP_X_FORWARDED_FOR": "  198.51.100.9 ,10.0.0.2"},
+            "198.51.100.9",
+        ),
+        (  # an empty first hop: the proxy's own address is all there is
+            {"CLIENT_IP_HEADER": "HTTP_X_FORWARDED_FOR"},
+            {"REMOTE_ADDR": "10.0.0.1", "HTTP_X_FORWARDED_FOR": " , 198.51.100.9"},
+            "10.0.0.1",
+        ),
+        (
+            {"CLIENT_IP_HEADER": "HTTP_X_FORWARDED_FOR"},
+            {"REMOTE_ADDR": "10.0.0.1", "HTTP_X_FORWARDED_FOR": "f" * 100},
+            "f" * 64,
+        ),
+        ({"RECORD_CLIENT_IP": False}, {"REMOTE_ADDR": "192.0.2.10"}, None),
+    ],
+)
+def test_client_ip(flosse: dict[str, Any], meta: dict[str, str], expected: str | None) -> None:
+    with override_settings(FLOSSE=flosse):
+        config = get_config()
+    assert client_ip(SimpleNamespace(META=meta), config) == expected  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------- connection_for
+
+
+def test_headers_are_cut_to_max_header_length(rf: RequestFactory) -> None:
+    request = rf.get(
+        "/", HTTP_USER_AGENT="a" * 5000, HTTP_LAST_EVENT_ID="7" * 5000, REMOTE_ADDR="192.0.2.1"
+    )
+    connection = connection_for(request, "clients.unit", None, get_config())
+    assert MAX_HEADER_LENGTH == 512
+    assert connection.user_agent == "a" * 512
+    assert connection.last_event_id == "7" * 512
+
+
+def test_each_connection_gets_its_own_id(rf: RequestFactory) -> None:
+    ids = {connection_for(rf.get("/"), "clients.unit", None, get_config()).id for _ in range(50)}
+    assert len(ids) == 50
+    assert all(len(connection_id) == 32 for connection_id in ids)  # the history's column
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        None,
+        AnonymousUser(),
+        User(pk=3, username="inactive", is_active=False),  # authenticated is about the login
+        MagicMock(),  # is_authenticated is a MagicMock, not True: no user recorded
+    ],
+    ids=["none", "anonymous", "inactive", "mock"],
+)
+def test_the_user_is_recorded_only_when_authenticated(rf: RequestFactory, user: Any) -> None:
+    connection = connection_for(rf.get("/"), "clients.unit", user, get_config())
+    if isinstance(user, User):
+        assert (connection.user_id, connection.username) == ("3", "inactive")
+    else:
+        assert (connection.user_id, connection.username) == (None, "")
+
+
+@pytest.mark.parametrize(
+    "request_double",
+    [MagicMock(), SimpleNamespace(), SimpleNamespace(META=None, path=None, resolver_match=None)],
+    ids=["MagicMock", "bare object", "None everywhere"],
+)
+def test_request_doubles_give_an_empty_connection(request_double: Any) -> None:
+    connection = connection_for(request_double, "clients.unit", None, get_config())
+    assert (connection.stream, connection.path, connection.route) == ("clients.unit", "", "")
+    assert (connection.client_ip, connection.user_agent, connection.last_event_id) == (None, "", "")
+    assert connection.process == f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,203 @@
+"""Database hygiene: a stream does not hold a connection while it waits (streaming/_db.py).
+
+The policy: connections are released before streaming and after idle steps, never inside
+``transaction.atomic()``, and a hop to the request's thread is spent only when there is a
+connection there to release.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.db import connection, connections, transaction
+
+from django_flosse.streaming import _db
+from django_flosse.streaming._db import (
+    LentDatabases,
+    arelease_before_streaming,
+    opened_for_this_request,
+    release_connections,
+    releases_when_idle,
+)
+
+
+class FakeConnection:
+    def __init__(self, is_open: bool, in_atomic_block: bool) -> None:
+        self.connection = object() if is_open else None
+        self.in_atomic_block = in_atomic_block
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.connection = None
+
+
+@pytest.mark.parametrize(
+    ("is_open", "in_atomic_block", "closed"),
+    [
+        (True, False, True),
+        (True, True, False),  # its transaction needs it: never closed
+        (False, False, False),  # nothing to close
+    ],
+)
+def test_release_connections(is_open: bool, in_atomic_block: bool, closed: bool) -> None:
+    fake = FakeConnection(is_open, in_atomic_block)
+    release_connections([fake])
+    assert fake.closed is closed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_release_closes_this_threads_connection_but_not_inside_atomic() -> None:
+    User.objects.exists()
+    assert connection.connection is not None
+    release_connections()
+    assert connection.connection is None
+
+    with transaction.atomic():
+        User.objects.create_user("kept")
+        release_connections()
+        assert connection.connection is not None  # the transaction goes on
+    assert User.objects.filter(username="kept").exists()  # and was committed
+
+
+@pytest.mark.parametrize(
+    ("is_async", "databases", "expected"),
+    [
+        (True, {"default": {}}, True),
+        (False, {"default": {}}, False),  # a sync generator's thread releases its own
+        (True, {}, False),  # no database set up: nothing to release, no hop
+    ],
+)
+def test_releases_when_idle(
+    monkeypatch: pytest.MonkeyPatch, is_async: bool, databases: dict[str, Any], expected: bool
+) -> None:
+    monkeypatch.setattr(_db, "settings", SimpleNamespace(DATABASES=databases))
+    assert releases_when_idle(is_async) is expected
+
+
+# ---------------------------------------------------------- the request's thread, seen from the loop
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The thread hops ``_db`` makes (names of what they send)."""
+    made: list[str] = []
+
+    def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append(func.__name__)
+        return sync_to_async(func, *args, **kwargs)
+
+    monkeypatch.setattr(_db, "sync_to_async", counting)
+    return made
+
+
+def _query() -> None:
+    User.objects.exists()
+
+
+def _is_open() -> bool:
+    return connection.connection is not None
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_connection_opened_on_the_requests_thread_is_seen_and_released(
+    hops: list[str],
+) -> None:
+    assert not opened_for_this_request()
+    await sync_to_async(_query)()  # Django's async ORM and sync middleware do this
+    assert opened_for_this_request()  # seen from the loop, without a hop
+
+    await arelease_before_streaming()
+    assert hops == ["release_connections"]
+    assert not await sync_to_async(_is_open)()
+    assert not opened_for_this_request()
+
+    await arelease_before_streaming()  # nothing left to release: no hop
+    assert hops == ["release_connections"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_connection_closed_meanwhile_does_not_count(hops: list[str]) -> None:
+    await sync_to_async(_query)()
+    await sync_to_async(connections.close_all)()
+    assert not opened_for_this_request()
+    await arelease_before_streaming()
+    assert hops == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_connection_opened_in_another_context_is_not_this_requests(
+    hops: list[str],
+) -> None:
+    # Another request's thread: its context is not ours (a plain thread, no copy back).
+    opened, done = threading.Event(), threading.Event()
+
+    def other_request() -> None:
+        _query()
+        opened.set()
+        done.wait(timeout=30)
+        connections.close_all()
+
+    thread = threading.Thread(target=other_request)
+    thread.start()
+    try:
+        assert await sync_to_async(opened.wait, thread_sensitive=False)(timeout=30)
+        assert not opened_for_this_request()
+        await arelease_before_streaming()
+        assert hops == []
+    finally:
+        done.set()
+        thread.join()
+
+
+# ------------------------------------------------------------------------ LentDatabases
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_generator_thread_borrows_the_views_connection_and_releases_it() -> None:
+    User.objects.create_user("seen")
+    lent = LentDatabases()
+    views_connection = connections["default"]
+    seen: list[Any] = []
+
+    def generator_thread() -> None:
+        lent.borrow()
+        try:
+            seen.append(connections["default"] is views_connection)
+            seen.append(User.objects.filter(username="seen").exists())
+            lent.release()
+        finally:
+            lent.give_back()
+
+    thread = threading.Thread(target=generator_thread)
+    thread.start()
+    thread.join()
+    assert seen == [True, True]
+    assert views_connection.connection is None  # released on the generator's thread
+    User.objects.exists()  # and usable again on the view's: the next query reconnects
+
+
+@pytest.mark.django_db  # the test runs inside a transaction, as with ATOMIC_REQUESTS
+def test_a_borrowed_connection_inside_a_transaction_is_never_released() -> None:
+    User.objects.create_user("uncommitted")
+    lent = LentDatabases()
+    seen: list[bool] = []
+
+    def generator_thread() -> None:
+        lent.borrow()
+        try:
+            lent.release()
+            seen.append(User.objects.filter(username="uncommitted").exists())
+        finally:
+            lent.give_back()
+
+    thread = threading.Thread(target=generator_thread)
+    thread.start()
+    thread.join()
+    assert seen == [True]  # the same transaction, still open
+    assert connections["default"].connection is not None
