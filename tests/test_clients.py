@@ -23,7 +23,7 @@ from django_flosse.conf import get_config
 from django_flosse.observing.registry import Connection, registry
 from django_flosse.streaming._clients import MAX_HEADER_LENGTH, client_ip, connection_for
 from tests import views
-from tests.helpers import close_response
+from tests.support.responses import close_response
 
 
 def _opened_connection(request: Any) -> Connection:

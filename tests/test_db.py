@@ -20,9 +20,10 @@ from django_flosse.streaming import _db
 from django_flosse.streaming._db import (
     LentDatabases,
     arelease_before_streaming,
+    arelease_while_idle,
+    async_views_release,
     opened_for_this_request,
     release_connections,
-    releases_when_idle,
 )
 
 
@@ -66,18 +67,17 @@ def test_release_closes_this_threads_connection_but_not_inside_atomic() -> None:
 
 
 @pytest.mark.parametrize(
-    ("is_async", "databases", "expected"),
+    ("databases", "expected"),
     [
-        (True, {"default": {}}, True),
-        (False, {"default": {}}, False),  # a sync generator's thread releases its own
-        (True, {}, False),  # no database set up: nothing to release, no hop
+        ({"default": {}}, True),
+        ({}, False),  # no database set up: nothing to release, no hop
     ],
 )
-def test_releases_when_idle(
-    monkeypatch: pytest.MonkeyPatch, is_async: bool, databases: dict[str, Any], expected: bool
+def test_async_views_release_where_a_database_is_set_up(
+    monkeypatch: pytest.MonkeyPatch, databases: dict[str, Any], expected: bool
 ) -> None:
     monkeypatch.setattr(_db, "settings", SimpleNamespace(DATABASES=databases))
-    assert releases_when_idle(is_async) is expected
+    assert async_views_release() is expected
 
 
 # ---------------------------------------------------------- the request's thread, seen from the loop
@@ -201,3 +201,15 @@ def test_a_borrowed_connection_inside_a_transaction_is_never_released() -> None:
     thread.join()
     assert seen == [True]  # the same transaction, still open
     assert connections["default"].connection is not None
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_idle_wait_releases_what_the_producer_opened_and_hops_only_then(
+    hops: list[str],
+) -> None:
+    await arelease_while_idle()  # nothing opened in this context: no hop
+    assert hops == []
+    await sync_to_async(_query)()  # the producer's async ORM call, on the request's thread
+    await arelease_while_idle()
+    assert hops == ["release_connections"]
+    assert not await sync_to_async(_is_open)()

@@ -16,7 +16,7 @@ from django_flosse import reasons, sse_stream
 from django_flosse.conf import get_config
 from django_flosse.observing.registry import registry
 from django_flosse.streaming._response import SSEResponse, refusal, wants_gzip
-from tests.helpers import close_response
+from tests.support.responses import close_response
 
 GZIP = "django.middleware.gzip.GZipMiddleware"
 BODY = b"data: one\n\ndata: two\n\n"
