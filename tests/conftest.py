@@ -10,6 +10,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,42 @@ def live_server_factory(django_db_setup: None) -> Iterator[Callable[..., LiveSer
         yield pool.start
     finally:
         pool.close()
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The thread hops an async stream makes around its producer, as the names of what they
+    run: loading the user and checking permissions (``permissions``), releasing database
+    connections (``streaming._db``)."""
+    from asgiref.sync import sync_to_async
+
+    from django_flosse import permissions
+    from django_flosse.streaming import _db
+
+    made: list[str] = []
+
+    def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append(func.__name__)
+        return sync_to_async(func, *args, **kwargs)
+
+    monkeypatch.setattr(permissions, "sync_to_async", counting)
+    monkeypatch.setattr(_db, "sync_to_async", counting)
+    return made
+
+
+@pytest.fixture
+def writer(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """This process's history writer, wired by ``tests.support.history.HISTORY_SETTINGS``,
+    its thread paused (tests flush by hand). Rows left by earlier tests are deleted first:
+    their streams may have been written after their database was reset."""
+    from django.test import override_settings
+
+    from django_flosse.models import StreamConnection
+    from django_flosse.observing._history import writer
+    from tests.support.history import HISTORY_SETTINGS
+
+    with override_settings(FLOSSE=HISTORY_SETTINGS):
+        if request.node.get_closest_marker("django_db"):
+            StreamConnection.objects.all().delete()
+        with writer.paused():
+            yield writer

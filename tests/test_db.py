@@ -83,19 +83,6 @@ def test_async_views_release_where_a_database_is_set_up(
 # ---------------------------------------------------------- the request's thread, seen from the loop
 
 
-@pytest.fixture
-def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The thread hops ``_db`` makes (names of what they send)."""
-    made: list[str] = []
-
-    def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
-        made.append(func.__name__)
-        return sync_to_async(func, *args, **kwargs)
-
-    monkeypatch.setattr(_db, "sync_to_async", counting)
-    return made
-
-
 def _query() -> None:
     User.objects.exists()
 

@@ -12,7 +12,6 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.http import HttpRequest
@@ -208,24 +207,6 @@ async def test_a_sync_permission_that_queries_the_db_works_from_an_async_view() 
     await client.aforce_login(await User.objects.acreate(username="alice"))
     events = await acollect_events(await client.get("/async/db-permission/"), max_events=2)
     assert events == [Event("message", "allowed")]
-
-
-@pytest.fixture
-def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The thread hops made before streaming (names of what they send): loading the user
-    and checking permissions (``permissions``), releasing connections (``streaming._db``)."""
-    from django_flosse import permissions
-    from django_flosse.streaming import _db
-
-    made: list[str] = []
-
-    def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
-        made.append(func.__name__)
-        return sync_to_async(func, *args, **kwargs)
-
-    monkeypatch.setattr(permissions, "sync_to_async", counting)
-    monkeypatch.setattr(_db, "sync_to_async", counting)
-    return made
 
 
 @pytest.mark.django_db(transaction=True)

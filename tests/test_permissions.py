@@ -11,7 +11,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AnonymousUser, User
 from django.http import HttpRequest
 from django.test import AsyncRequestFactory, RequestFactory
@@ -24,7 +23,6 @@ from django_flosse.permissions import (
     aprepare,
     check,
 )
-from django_flosse.streaming import _db
 
 ANONYMOUS = AnonymousUser()
 MEMBER = User(pk=1, username="member")
@@ -95,22 +93,6 @@ def test_check_stops_at_the_first_class_that_says_no() -> None:
 
 
 # ----------------------------------------------------------------------------- aprepare
-
-
-@pytest.fixture
-def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The thread hops made before streaming (names of what they send)."""
-    from django_flosse import permissions
-
-    made: list[str] = []
-
-    def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
-        made.append(func.__name__)
-        return sync_to_async(func, *args, **kwargs)
-
-    monkeypatch.setattr(permissions, "sync_to_async", counting)
-    monkeypatch.setattr(_db, "sync_to_async", counting)
-    return made
 
 
 def async_request(user: Any, session_key: str | None = None) -> HttpRequest:

@@ -9,9 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,66 +19,16 @@ from django.db import connection as db_connection
 from django.db.backends import utils as db_utils
 from django.db.models.query import QuerySet
 from django.test import AsyncClient, Client, override_settings
-from django.utils import timezone
 from structlog.testing import capture_logs
 
 from django_flosse.models import StreamConnection
 from django_flosse.observing import _history as persistence
 from django_flosse.observing import _rows
 from django_flosse.observing._history import PersistenceWriter
-from django_flosse.observing.registry import Connection, current_process, registry
+from django_flosse.observing.registry import current_process, registry
 from django_flosse.testing import acollect_events, collect_events
+from tests.support.history import HISTORY_SETTINGS, open_connection, row, stale_row
 from tests.support.servers import REPO_ROOT
-
-FLOSSE = {"PERSISTENCE": True, "FLUSH_INTERVAL": 1.0, "LOST_AFTER": 30.0}
-
-
-@pytest.fixture
-def writer(request: pytest.FixtureRequest) -> Iterator[PersistenceWriter]:
-    """The process's writer, subscribed, with a clean slate; its thread paused by default."""
-    was_subscribed = persistence.writer in registry.observers()
-    with override_settings(FLOSSE=FLOSSE):
-        persistence.writer.reset()
-        if request.node.get_closest_marker("django_db"):
-            # Streams of earlier tests may have been written after their database was reset.
-            StreamConnection.objects.all().delete()
-        registry.subscribe(persistence.writer)
-        with persistence.writer.paused():
-            yield persistence.writer
-        for snapshot in registry.live("persist.unit"):  # leave no live connection behind
-            live = registry.get(snapshot.id)
-            if live is not None:
-                registry.close(live, "completed")
-        persistence.writer.reset()
-        if not was_subscribed:
-            registry.unsubscribe(persistence.writer)
-
-
-def open_connection(**fields: Any) -> Connection:
-    connection = Connection(
-        id=uuid.uuid4().hex, stream="persist.unit", process=current_process(), **fields
-    )
-    assert registry.open(connection) is None
-    return connection
-
-
-def row(connection: Connection) -> StreamConnection:
-    saved: StreamConnection = StreamConnection.objects.get(connection_id=connection.id)
-    return saved
-
-
-def stale_row(process: str, age: float, **fields: Any) -> StreamConnection:
-    seen = timezone.now() - timedelta(seconds=age)
-    saved: StreamConnection = StreamConnection.objects.create(
-        connection_id=uuid.uuid4().hex,
-        stream="persist.other",
-        process=process,
-        opened_at=seen - timedelta(seconds=10),
-        last_seen_at=seen,
-        **fields,
-    )
-    return saved
-
 
 # ---------------------------------------------------------------------- rows and counters
 
@@ -328,7 +275,10 @@ def test_the_thread_keeps_going_when_the_database_fails(
         raise OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(QuerySet, "bulk_create", down)
-    with override_settings(FLOSSE={**FLOSSE, "FLUSH_INTERVAL": 0.05}), capture_logs() as logs:
+    with (
+        override_settings(FLOSSE={**HISTORY_SETTINGS, "FLUSH_INTERVAL": 0.05}),
+        capture_logs() as logs,
+    ):
         connection = open_connection()
         writer._paused = False
         time.sleep(0.4)  # several failing flushes

@@ -6,9 +6,6 @@ this process stops at once, the others through their rows.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,50 +17,11 @@ from structlog.testing import capture_logs
 
 from django_flosse import reasons, terminate
 from django_flosse.models import StreamConnection
-from django_flosse.observing import _history as persistence
 from django_flosse.observing._history import PersistenceWriter
 from django_flosse.observing.log import CONNECTIONS_LOST
-from django_flosse.observing.registry import Connection, current_process, registry
+from django_flosse.observing.registry import current_process, registry
 from django_flosse.terminate import close_lost, request_stop
-
-FLOSSE = {"PERSISTENCE": True, "FLUSH_INTERVAL": 1.0, "LOST_AFTER": 30.0}
-
-
-@pytest.fixture
-def writer() -> Iterator[PersistenceWriter]:
-    """The process's writer, wired by the settings, its thread paused (flush by hand)."""
-    with override_settings(FLOSSE=FLOSSE):
-        persistence.writer.reset()
-        StreamConnection.objects.all().delete()
-        with persistence.writer.paused():
-            yield persistence.writer
-        for snapshot in registry.live("persist.unit"):  # leave no live connection behind
-            live = registry.get(snapshot.id)
-            if live is not None:
-                registry.close(live, "completed")
-        persistence.writer.reset()
-
-
-def open_connection(**fields: Any) -> Connection:
-    connection = Connection(
-        id=uuid.uuid4().hex, stream="persist.unit", process=current_process(), **fields
-    )
-    assert registry.open(connection) is None
-    return connection
-
-
-def stale_row(process: str, age: float, **fields: Any) -> StreamConnection:
-    seen = timezone.now() - timedelta(seconds=age)
-    saved: StreamConnection = StreamConnection.objects.create(
-        connection_id=uuid.uuid4().hex,
-        stream="persist.other",
-        process=process,
-        opened_at=seen - timedelta(seconds=10),
-        last_seen_at=seen,
-        **fields,
-    )
-    return saved
-
+from tests.support.history import open_connection, stale_row
 
 # -------------------------------------------------------------------------- close_lost
 
