@@ -90,16 +90,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def open_fds_to(pid: int, target: str) -> int:
-    """How many of ``pid``'s file descriptors point at ``target`` (a path)."""
-    count = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            if fd.readlink() == Path(target):
-                count += 1
-    return count
-
-
 def _settle(
     read: Callable[[], float],
     moved: Callable[[float, float], bool],
