@@ -1,6 +1,6 @@
 """The connection history in the admin: read-only, plus terminate and the live dashboard.
 
-Rows are written by the processes that served the streams (``persistence.py``), so the
+Rows are written by the processes that served the streams (``observing._history``), so the
 admin never adds, edits or deletes them; retention is ``manage.py flosse_prune``. The one
 write it offers is "Terminate selected connections", which needs its own permission
 (``django_flosse.terminate_streamconnection``) and reaches the owning process, on any host,

@@ -1,6 +1,6 @@
 """Connection history: one row per SSE connection, written off the hot path.
 
-Rows are written in batches by each process's persistence writer (``persistence.py``); the
+Rows are written in batches by each process's history writer (``observing._history``); the
 admin dashboard reads them to see every process and host of the deployment.
 """
 

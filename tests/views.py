@@ -532,7 +532,7 @@ def rel_sync_flood(request: HttpRequest) -> Iterator[Any]:
 
 # The database views below poll every ``?every=`` seconds (0.5). Each records, under its
 # ``?s=`` key, whether the connection its last query ran on was still open each time it
-# resumed from its idle wait: what django-flosse promises (db.py) is that it is not, once
+# resumed from its idle wait: what django-flosse promises (streaming/_db.py) is that it is not, once
 # the wait follows an item the producer waited for. ``/rel/state/?db=1`` reports the
 # records; ``?park=1`` holds every poller in its next idle wait (``db_parked`` lists them)
 # so that a test can count the server's connections while all of them are known to wait.

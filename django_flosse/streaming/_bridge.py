@@ -94,7 +94,7 @@ class ThreadedSource:
         try:
             databases = self._databases
             if databases is not None:
-                databases.release()  # the view is done with them (see db.py)
+                databases.release()  # the view is done with them (see _db.py)
             started = time.monotonic()
             for item in self._iterator:
                 if databases is not None and time.monotonic() - started >= IDLE_STEP_SECONDS:

@@ -1,6 +1,6 @@
 """Daemon threads for sync generators, reused while connections keep coming.
 
-Each ``def`` view's generator runs on a thread of its own (see ``bridge.py``). Starting a
+Each ``def`` view's generator runs on a thread of its own (see ``_bridge.py``). Starting a
 thread costs about as much as the rest of a short connection, so a finished thread waits a
 moment (:data:`IDLE_EXIT_SECONDS`) for the next generator before it exits. The threads are
 daemons: a generator stuck in a blocking call never holds up the server's exit, and idle
