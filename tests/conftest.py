@@ -117,8 +117,7 @@ def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 def writer(request: pytest.FixtureRequest) -> Iterator[Any]:
     """This process's history writer, wired by ``tests.support.history.HISTORY_SETTINGS``,
-    its thread paused (tests flush by hand). Rows left by earlier tests are deleted first:
-    their streams may have been written after their database was reset."""
+    its thread paused (tests flush by hand). Rows left by earlier tests are deleted first."""
     from django.test import override_settings
 
     from django_flosse.models import StreamConnection
@@ -130,3 +129,6 @@ def writer(request: pytest.FixtureRequest) -> Iterator[Any]:
             StreamConnection.objects.all().delete()
         with writer.paused():
             yield writer
+        # Stopped here, before the test database is reset (the autouse reset comes after
+        # it): a flush in between would leave rows for the next test.
+        writer.reset()

@@ -15,24 +15,41 @@ is done, exactly as if it ran in its own task.
 from __future__ import annotations
 
 import asyncio
-import types
-from collections.abc import AsyncIterator, Generator
+import functools
+from collections.abc import AsyncIterator
 from typing import Any
 
 __all__ = ["Step", "wait_for_future"]
 
 
-@types.coroutine
-def wait_for_future(fut: asyncio.Future[Any]) -> Generator[Any, None, None]:
+def _release(waiter: asyncio.Future[None], _fut: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def wait_for_future(fut: asyncio.Future[Any]) -> None:
     """Suspend the current task until ``fut`` is done, without taking its result.
 
     This is what the task running the producer would have done for it: the future's outcome
     (a value or an exception) is for the producer to read when its step is resumed. If the
-    task is cancelled meanwhile, asyncio cancels ``fut`` itself, as it would for the producer.
+    task is cancelled meanwhile, ``fut`` is cancelled too, as asyncio would for the producer.
+
+    It waits on a future of its own: a task that awaited ``fut`` itself would have the
+    exception thrown into it (Python 3.12+ does, whatever ``_asyncio_future_blocking`` says).
+    Used only while a producer cleans up after a cancellation: never per event.
     """
-    if not fut.done():
-        fut._asyncio_future_blocking = True
-        yield fut
+    if fut.done():
+        return
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    wake = functools.partial(_release, waiter)
+    fut.add_done_callback(wake)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        fut.cancel()
+        raise
+    finally:
+        fut.remove_done_callback(wake)
 
 
 class Step:
