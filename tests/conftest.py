@@ -13,8 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from tests.support.servers import LiveServer, ServerPool, stop_all
+
+# Property tests assert what the code does with every input, not how fast inputs are made:
+# on a shared, loaded 2-core machine (and on a fresh clone, where Hypothesis first builds
+# its Unicode tables) generating them can exceed its time limits, which fails a test that
+# found nothing. No deadline, and no "too slow" health check.
+hypothesis_settings.register_profile(
+    "flosse", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("flosse")
 
 
 @pytest.fixture(scope="session", autouse=True)
