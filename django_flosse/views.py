@@ -57,7 +57,6 @@ from .observing._dashboard import (
     watcher,
 )
 from .permissions import BaseSSEPermission
-from .terminate import request_stop
 
 __all__ = ["dashboard_urls", "may_read_metrics", "metrics"]
 
@@ -241,6 +240,10 @@ def dashboard_urls(model_admin: Any) -> list[URLPattern]:
         ids = request.POST.getlist("connection_id")
         if not ids or len(ids) > MAX_TERMINATE or not all(map(_CONNECTION_ID.fullmatch, ids)):
             return HttpResponseBadRequest("connection_id: 1 to 1000 connection ids")
+        # Imported here: terminate uses the models, and django_flosse.urls (the metrics
+        # view, this module) must load in a project that has not installed the app.
+        from .terminate import request_stop
+
         stopped = request_stop(ids, reason=reasons.TERMINATED)
         return JsonResponse({"requested": len(ids), "stopped": stopped})
 

@@ -378,6 +378,8 @@ from django_flosse.testing import collect_events
 def view(request):
     yield "hello"
 
+import django_flosse.urls  # the metrics URLs load without the app too
+
 urlpatterns = []
 events = collect_events(view(RequestFactory().get("/")), max_events=5)
 assert [e.data for e in events] == ["hello"], events
