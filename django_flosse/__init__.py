@@ -11,6 +11,7 @@ Quick start::
 
 from __future__ import annotations
 
+from .broadcasting import abroadcast, broadcast, subscribe
 from .decorators import sse_stream
 from .events import SSEEvent
 from .exceptions import SSEClientDisconnected, SSEPermissionDenied, SSEYieldError
@@ -22,7 +23,10 @@ __all__ = [
     "SSEPermissionDenied",
     "SSEYieldError",
     "__version__",
+    "abroadcast",
+    "broadcast",
     "sse_stream",
+    "subscribe",
     "to_sse",
 ]
 

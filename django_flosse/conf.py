@@ -23,7 +23,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
-__all__ = ["DEFAULTS", "FROM_SETTINGS", "Config", "get_config", "pick"]
+__all__ = ["BROADCAST_BACKENDS", "DEFAULTS", "FROM_SETTINGS", "Config", "get_config", "pick"]
 
 _T = TypeVar("_T")
 
@@ -71,6 +71,25 @@ DEFAULTS: Mapping[str, Any] = {
     "RETENTION_DAYS": 30,
     # Live connections listed one by one on the admin dashboard (the rest are counted).
     "DASHBOARD_TOP": 100,
+    # Broadcast (docs/broadcast.md): "database", "redis", "memory", or a backend class
+    # (or its dotted path).
+    "BROADCAST_BACKEND": "database",
+    # The Django database alias that holds the broadcast history ("database" backend).
+    "BROADCAST_DATABASE": "default",
+    # A libpq URL for the PostgreSQL listener connection when the alias goes through a
+    # pooler in transaction mode (PgBouncer): LISTEN needs a direct session. None: the alias.
+    "BROADCAST_LISTEN_URL": None,
+    # Seconds between two reads of the history when nothing rang (every database other
+    # than PostgreSQL is only polled; on PostgreSQL this heals a missed notification).
+    "BROADCAST_POLL_INTERVAL": 0.25,
+    "BROADCAST_REDIS_URL": "redis://127.0.0.1:6379/0",
+    # Events kept per topic (at least; a trim may keep more), and for how long.
+    "BROADCAST_HISTORY": 1000,
+    "BROADCAST_HISTORY_SECONDS": 86400,
+    # Events queued for one subscriber before it catches up from the history instead.
+    "BROADCAST_BUFFER": 1000,
+    # Largest encoded event (bytes) broadcast() accepts.
+    "BROADCAST_MAX_BYTES": 65536,
 }
 
 
@@ -96,6 +115,23 @@ class Config:
     shutdown_signals: bool
     max_duration: float | None
     send_timeout: float | None
+    broadcast_backend: Any  # a name ("database", "redis", "memory") or a backend class
+    broadcast_database: str
+    broadcast_listen_url: str | None
+    broadcast_poll_interval: float
+    broadcast_redis_url: str
+    broadcast_history: int
+    broadcast_history_seconds: float
+    broadcast_buffer: int
+    broadcast_max_bytes: int
+
+
+#: The broadcast backends known by name.
+BROADCAST_BACKENDS = {
+    "database": "django_flosse.broadcasting.backends.database.DatabaseBackend",
+    "redis": "django_flosse.broadcasting.backends.redis.RedisBackend",
+    "memory": "django_flosse.broadcasting.backends.memory.MemoryBackend",
+}
 
 
 def _fail(key: str, expected: str, value: Any) -> ImproperlyConfigured:
@@ -169,6 +205,28 @@ def _optional_str(key: str, value: Any) -> str | None:
     return value
 
 
+def _backend(value: Any) -> Any:
+    if isinstance(value, str) and value in BROADCAST_BACKENDS:
+        return value
+    try:
+        backend = import_string(value) if isinstance(value, str) else value
+    except ImportError as exc:
+        raise _fail(
+            "BROADCAST_BACKEND",
+            f"one of {sorted(BROADCAST_BACKENDS)} or an importable backend class ({exc})",
+            value,
+        ) from exc
+    if not isinstance(backend, type):
+        raise _fail("BROADCAST_BACKEND", f"one of {sorted(BROADCAST_BACKENDS)} or a class", value)
+    return backend
+
+
+def _count(key: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(key, f"an int >= {minimum}", value)
+    return value
+
+
 def _build(overrides: Mapping[str, Any]) -> Config:
     unknown = set(overrides) - set(DEFAULTS)
     if unknown:
@@ -206,6 +264,23 @@ def _build(overrides: Mapping[str, Any]) -> Config:
         shutdown_signals=_bool("SHUTDOWN_SIGNALS", merged["SHUTDOWN_SIGNALS"]),
         max_duration=_positive_or_none("MAX_DURATION", merged["MAX_DURATION"]),
         send_timeout=_positive_or_none("SEND_TIMEOUT", merged["SEND_TIMEOUT"]),
+        broadcast_backend=_backend(merged["BROADCAST_BACKEND"]),
+        broadcast_database=_required(
+            _optional_str("BROADCAST_DATABASE", merged["BROADCAST_DATABASE"])
+        ),
+        broadcast_listen_url=_optional_str("BROADCAST_LISTEN_URL", merged["BROADCAST_LISTEN_URL"]),
+        broadcast_poll_interval=_required(
+            _positive_or_none("BROADCAST_POLL_INTERVAL", merged["BROADCAST_POLL_INTERVAL"])
+        ),
+        broadcast_redis_url=_required(
+            _optional_str("BROADCAST_REDIS_URL", merged["BROADCAST_REDIS_URL"])
+        ),
+        broadcast_history=_count("BROADCAST_HISTORY", merged["BROADCAST_HISTORY"]),
+        broadcast_history_seconds=_required(
+            _positive_or_none("BROADCAST_HISTORY_SECONDS", merged["BROADCAST_HISTORY_SECONDS"])
+        ),
+        broadcast_buffer=_count("BROADCAST_BUFFER", merged["BROADCAST_BUFFER"]),
+        broadcast_max_bytes=_count("BROADCAST_MAX_BYTES", merged["BROADCAST_MAX_BYTES"], 64),
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KEEPALIVE", "SSEEvent", "encode_event", "retry_frame"]
+__all__ = ["KEEPALIVE", "EncodedEvent", "SSEEvent", "encode_event", "retry_frame"]
 
 #: The JSON encoder of data that is not a ``str`` when none is given (Django's default).
 DEFAULT_JSON_ENCODER = "django.core.serializers.json.DjangoJSONEncoder"
@@ -146,6 +146,33 @@ class SSEEvent:
         return encode_event(
             data, event=self.event, id=self.id, retry=self.retry, comment=self.comment
         )
+
+
+class EncodedEvent(SSEEvent):
+    """An event whose wire bytes were made once and are sent as they are (a broadcast,
+    encoded when it was published and shared by every subscriber).
+
+    Read-only, so that its fields and its bytes never disagree: to change something, yield
+    a new ``SSEEvent(data=event.data, event=event.event, id=event.id)``.
+    """
+
+    frame: bytes
+
+    def __init__(self, frame: bytes, data: str, event: str | None, id: str | None) -> None:
+        for name, value in (("data", data), ("event", event), ("id", id), ("frame", frame)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "retry", None)
+        object.__setattr__(self, "comment", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"a broadcast event is read-only (it was encoded once for every subscriber); "
+            f"yield SSEEvent(data=event.data, event=event.event, id=event.id, {name}=...) "
+            "instead"
+        )
+
+    def encode(self, dumps: Dumps | None = None) -> str:
+        return self.frame.decode()
 
 
 _dumps_by_class: dict[type[json.JSONEncoder], Dumps] = {}

@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .events import Dumps, SSEEvent, default_dumps, encode_event, json_dumps_for
+from .events import Dumps, EncodedEvent, SSEEvent, default_dumps, encode_event, json_dumps_for
 from .exceptions import SSEYieldError
 
 __all__ = ["encode_item", "encoder_for", "format_item", "make_encoder", "to_sse"]
@@ -64,6 +64,8 @@ def format_item(raw: Any, dumps: Dumps) -> str:
         raise SSEYieldError(
             f"Tuple yields must be (event, data) or (event, data, id), got {len(raw)}-tuple."
         )
+    if isinstance(raw, EncodedEvent):
+        return raw.frame.decode()
     if isinstance(raw, SSEEvent):
         return encode_event(
             _text(raw.data, dumps), event=raw.event, id=raw.id, retry=raw.retry, comment=raw.comment
@@ -148,6 +150,8 @@ def make_encoder(dumps: Dumps) -> Callable[[Any], bytes]:
                             return prefix + text.encode() + b"\n\n"
             elif kind is str and "\n" not in raw and "\r" not in raw:
                 return b"data: " + str.encode(raw) + b"\n\n"
+            elif kind is EncodedEvent:  # a broadcast: encoded once, when it was published
+                return raw.frame  # type: ignore[no-any-return]
             return format_item(raw, dumps).encode()
         except UnicodeEncodeError as exc:
             raise _not_utf8(exc) from exc

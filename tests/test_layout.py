@@ -73,6 +73,10 @@ def depends_on(module: str, forbidden: str) -> list[str]:
         ("django_flosse.decorators", "django_flosse.streaming._db"),
         ("django_flosse.decorators", "django_flosse.streaming._bridge"),
         ("django_flosse.decorators", "django_flosse.streaming._clients"),
+        # Streams know nothing of broadcast: a subscription is a generator like any other.
+        ("django_flosse.streaming", "django_flosse.broadcasting"),
+        ("django_flosse.observing", "django_flosse.broadcasting"),
+        ("django_flosse.broadcasting.backends", "django_flosse.broadcasting._subscription"),
     ],
 )
 def test_layering(module: str, forbidden: str) -> None:
@@ -103,7 +107,10 @@ def test_the_package_face_only_reexports() -> None:
         "SSEPermissionDenied",
         "SSEYieldError",
         "__version__",
+        "abroadcast",
+        "broadcast",
         "sse_stream",
+        "subscribe",
         "to_sse",
     ]
 
@@ -113,6 +120,8 @@ def test_internal_modules_are_marked() -> None:
     public = {
         "streaming": {"__init__.py", "shutdown.py"},
         "observing": {"__init__.py", "registry.py", "metrics.py", "log.py", "wiring.py"},
+        "broadcasting": {"__init__.py"},
+        "broadcasting/backends": {"__init__.py", "base.py", "memory.py", "database.py", "redis.py"},
     }
     for part, names in public.items():
         modules = {path.name for path in (PACKAGE / part).glob("*.py")}

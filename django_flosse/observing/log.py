@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from .registry import Connection
 
 __all__ = [
+    "BROADCAST_BACKEND_ERROR",
+    "BROADCAST_ONE_PROCESS",
+    "BROADCAST_PUBLISHED",
+    "BROADCAST_RESET",
     "CONNECTIONS_LOST",
     "CONNECTION_CLOSED",
     "CONNECTION_OPENED",
@@ -40,6 +44,11 @@ CONNECTIONS_LOST = "sse.connection.lost"
 PERSISTENCE_ERROR = "sse.persistence.error"
 PERSISTENCE_RECOVERED = "sse.persistence.recovered"
 PERSISTENCE_DROPPED = "sse.persistence.dropped"
+# Broadcast (``django_flosse.broadcasting``).
+BROADCAST_PUBLISHED = "sse.broadcast.published"
+BROADCAST_RESET = "sse.broadcast.reset"
+BROADCAST_BACKEND_ERROR = "sse.broadcast.backend_error"
+BROADCAST_ONE_PROCESS = "sse.broadcast.memory_backend_shared"
 
 _STDLIB_LOGGER = logging.getLogger("django_flosse")
 

@@ -19,6 +19,11 @@ from prometheus_client import Counter, Gauge, Histogram
 from .registry import Connection
 
 __all__ = [
+    "BROADCAST_DELIVERED",
+    "BROADCAST_LAG",
+    "BROADCAST_PUBLISHED_TOTAL",
+    "BROADCAST_REPLAYED",
+    "BROADCAST_RESETS",
     "CONNECTIONS_ACTIVE",
     "CONNECTIONS_CLOSED",
     "CONNECTIONS_OPENED",
@@ -71,6 +76,33 @@ CONNECTION_DURATION = Histogram(
     "How long SSE connections lasted.",
     ["stream"],
     buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400),
+)
+
+# Broadcast. No topic label: topics can be per user.
+BROADCAST_PUBLISHED_TOTAL = Counter(
+    "flosse_broadcast_published",
+    "Broadcast events published by this process (counted by the publisher).",
+)
+BROADCAST_DELIVERED = Counter(
+    "flosse_broadcast_delivered",
+    "Broadcast events handed to a subscriber's stream, live or replayed.",
+    ["stream"],
+)
+BROADCAST_REPLAYED = Counter(
+    "flosse_broadcast_replayed",
+    "Broadcast events a subscriber read from the history (a resume or a catch-up).",
+    ["stream"],
+)
+BROADCAST_RESETS = Counter(
+    "flosse_broadcast_resets",
+    "flosse-reset events sent: a subscriber's position could not be resumed.",
+    ["stream"],
+)
+BROADCAST_LAG = Histogram(
+    "flosse_broadcast_lag_seconds",
+    "Seconds from a broadcast's publish to its live delivery to a subscriber's stream.",
+    ["stream"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
 

@@ -69,6 +69,17 @@ class Connection:
     stop_reason: str | None = None
     #: Set by the running stream: wakes it (from any thread) to notice ``stop_reason``.
     wake: Callable[[], None] | None = field(default=None, repr=False)
+    #: The broadcast topics its view subscribed to (``subscribe()``), sorted.
+    topics: tuple[str, ...] = ()
+    #: Broadcast events handed to the stream (live or replayed), replayed, and resets sent.
+    broadcast_delivered: int = 0
+    broadcast_replayed: int = 0
+    broadcast_resets: int = 0
+    #: Seconds from publish to live delivery, not yet folded into the lag histogram (at
+    #: most ``MAX_PENDING_LAGS``; the metrics observer empties it).
+    broadcast_lags: list[float] = field(default_factory=list, repr=False)
+    #: Called (without arguments) once it is closed: a subscription stops there.
+    on_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def request_stop(self, reason: str) -> bool:
         """Ask the stream to end with ``reason`` (thread-safe); False if already asked."""
@@ -94,7 +105,7 @@ class Connection:
 
     def snapshot(self) -> Connection:
         """A copy that no longer changes (safe to hand to another thread)."""
-        return replace(self, wake=None)
+        return replace(self, wake=None, broadcast_lags=[], on_close=[])
 
 
 @dataclass
@@ -123,6 +134,9 @@ class Observer(Protocol):
 
     def connection_rejected(self, stream: str, reason: str) -> None: ...
 
+
+#: Lag samples a connection keeps for the metrics observer before it drops new ones.
+MAX_PENDING_LAGS = 4096
 
 _process: tuple[int, str] = (0, "")
 
@@ -248,6 +262,11 @@ class Registry:
                 if self._per_user[user_key] <= 0:
                     del self._per_user[user_key]
         self._notify("connection_closed", connection)
+        for callback in connection.on_close:
+            try:
+                callback()
+            except Exception:  # like an observer: never break the close
+                self.on_observer_error(callback, "on_close")
         return True
 
     # -- reading -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ request doubles: 0.2.0's own tests called views with mocks shaped like a request
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -14,7 +15,10 @@ from django.http import HttpRequest
 from ..conf import Config
 from ..observing.registry import Connection, current_process
 
-__all__ = ["client_ip", "connection_for"]
+__all__ = ["attach_to_request", "client_ip", "connection_for", "connection_of"]
+
+# Where the request keeps its stream's connection, for ``subscribe(request, ...)``.
+_CONNECTION_ATTRIBUTE = "_flosse_connection"
 
 #: Longest Last-Event-ID / user agent kept (a header is the client's to make up).
 MAX_HEADER_LENGTH = 512
@@ -62,3 +66,15 @@ def connection_for(request: HttpRequest, stream: str, user: Any, config: Config)
         last_event_id=_meta(request, "HTTP_LAST_EVENT_ID")[:MAX_HEADER_LENGTH],
         process=current_process(),
     )
+
+
+def attach_to_request(request: HttpRequest, connection: Connection) -> None:
+    """Let code that gets the request (``subscribe()``) find its stream's connection."""
+    with contextlib.suppress(AttributeError):  # a request double that takes no attributes
+        setattr(request, _CONNECTION_ATTRIBUTE, connection)
+
+
+def connection_of(request: HttpRequest) -> Connection | None:
+    """The connection of the stream ``request`` opened, if it opened one."""
+    connection = getattr(request, _CONNECTION_ATTRIBUTE, None)
+    return connection if isinstance(connection, Connection) else None

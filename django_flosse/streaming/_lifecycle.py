@@ -40,7 +40,7 @@ from ..observing.log import STREAM_ERROR, get_logger
 from ..observing.registry import Connection, Registry, registry
 from . import shutdown
 from ._bridge import ThreadedSource
-from ._clients import connection_for
+from ._clients import attach_to_request, connection_for
 from ._db import IDLE_STEP_SECONDS, arelease_while_idle, async_views_release
 from ._frames import error_frame, final_frame
 from ._pacing import (
@@ -379,6 +379,7 @@ def open_stream(
     )
     if rejected:
         return refusal(rejected, config)
+    attach_to_request(request, connection)
     gzip = wants_gzip(request)
     stream = Stream(
         connection=connection,

@@ -1,0 +1,244 @@
+"""What a broadcast backend does, and the fan-out every backend shares.
+
+A backend stores each published event in its topic's history (an existing engine: the
+project's database, Redis Streams, or this process's memory) and hands every new event to
+the subscribers of this process. It does so from one place at a time: its reader thread
+(database, Redis) or under one lock (memory). That is what makes :meth:`Backend.join`
+exact: a subscriber joins between two deliveries, so it receives live every event after
+the positions ``join`` returns and none before them; what it missed before (a resume) it
+reads from the history up to those positions. Nothing is lost and nothing comes twice,
+without comparing events.
+
+:class:`Fanout` is the delivery: per event it appends one reference to each subscriber's
+bounded queue; per batch it wakes each waiting subscriber once (one call into each event
+loop that has subscribers, one ``Event.set`` per thread that waits). No task, lock or timer
+per delivered event. A subscriber whose queue is full is dropped from the fan-out and
+marked ``overflowed``: it drains its queue, joins again, and reads the gap from the history
+(or gets a reset when the history no longer has it).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ...conf import Config
+from .._messages import Draft, Message
+
+__all__ = ["Backend", "Fanout", "Page", "Subscriber", "done"]
+
+#: Events one history read returns at most.
+PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class Page:
+    """One read of a topic's history after a position."""
+
+    #: The events after the position, in order, at most ``PAGE_SIZE``.
+    messages: Sequence[Message]
+    #: False when the history no longer holds every event right after the position (trimmed,
+    #: or lost by the backend): the subscriber cannot resume from it and gets a reset.
+    complete: bool
+
+
+class Subscriber:
+    """One subscription's side of the fan-out: its topics and its queue of messages.
+
+    ``loop`` is the event loop of an async subscriber (``None`` for one that waits in a
+    thread). The fan-out appends to ``queue`` and wakes the subscriber; only the
+    subscriber pops from it.
+    """
+
+    def __init__(
+        self, topics: tuple[str, ...], limit: int, loop: asyncio.AbstractEventLoop | None
+    ) -> None:
+        self.topics = topics
+        self.limit = limit
+        self.queue: deque[Message] = deque()
+        self.overflowed = False
+        self.closed = False
+        self.loop = loop
+        self.waiter: asyncio.Future[None] | None = None  # an async subscriber waiting
+        self.ready = threading.Event() if loop is None else None  # a thread waiting
+
+    def has_news(self) -> bool:
+        return bool(self.queue) or self.overflowed or self.closed
+
+    async def wait_async(self) -> None:
+        """Until the fan-out hands over something (called on ``self.loop``)."""
+        assert self.loop is not None
+        waiter = self.waiter = self.loop.create_future()
+        try:
+            if not self.has_news():
+                await waiter
+        finally:
+            self.waiter = None
+
+    def wait_sync(self, timeout: float) -> None:
+        """Until the fan-out hands over something, or ``timeout`` seconds."""
+        assert self.ready is not None
+        self.ready.clear()
+        if not self.has_news():
+            self.ready.wait(timeout)
+
+    def close(self) -> None:
+        """Stop (from any thread): the fan-out drops it at its next delivery."""
+        self.closed = True
+        Fanout.wake([self])
+
+
+def _set_waiters(subscribers: list[Subscriber]) -> None:
+    for subscriber in subscribers:
+        waiter = subscriber.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Fanout:
+    """Which subscribers of this process want which topic, and the delivery to them.
+
+    Not thread-safe by itself: a backend calls it from one thread at a time (see the
+    module docstring).
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[str, dict[Subscriber, None]] = {}
+
+    def add(self, subscriber: Subscriber) -> None:
+        subscriber.overflowed = False
+        for topic in subscriber.topics:
+            self._routes.setdefault(topic, {})[subscriber] = None
+
+    def remove(self, subscriber: Subscriber) -> None:
+        for topic in subscriber.topics:
+            subscribers = self._routes.get(topic)
+            if subscribers is not None:
+                subscribers.pop(subscriber, None)
+                if not subscribers:
+                    del self._routes[topic]
+
+    def topics(self) -> list[str]:
+        """The topics some subscriber of this process waits on."""
+        return list(self._routes)
+
+    def subscribers(self, topic: str) -> int:
+        return len(self._routes.get(topic, ()))
+
+    def deliver(self, messages: Iterable[Message]) -> None:
+        """Hand ``messages`` (in order within each topic) to their topics' subscribers."""
+        touched: dict[Subscriber, None] = {}
+        dropped: list[Subscriber] = []
+        routes = self._routes
+        for message in messages:
+            subscribers = routes.get(message.topic)
+            if not subscribers:
+                continue
+            for subscriber in subscribers:
+                queue = subscriber.queue
+                if subscriber.overflowed or subscriber.closed:
+                    continue
+                if len(queue) >= subscriber.limit:
+                    # From here it reads the history instead (once it has drained its queue).
+                    subscriber.overflowed = True
+                    dropped.append(subscriber)
+                else:
+                    queue.append(message)
+                touched[subscriber] = None
+        for subscriber in dropped:
+            self.remove(subscriber)
+        self.wake(touched)
+
+    def sweep(self) -> None:
+        """Forget subscribers that closed (those of quiet topics are never delivered to)."""
+        closed = {s for subs in self._routes.values() for s in subs if s.closed}
+        for subscriber in closed:
+            self.remove(subscriber)
+
+    @staticmethod
+    def wake(subscribers: Iterable[Subscriber]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Subscriber]] = {}
+        for subscriber in subscribers:
+            if subscriber.loop is not None:
+                by_loop.setdefault(subscriber.loop, []).append(subscriber)
+            elif subscriber.ready is not None:
+                subscriber.ready.set()
+        for loop, batch in by_loop.items():
+            # A closed loop: its subscribers are gone, nobody waits.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_set_waiters, batch)
+
+
+def done(value: Any) -> concurrent.futures.Future[Any]:
+    """A future that already has ``value`` (for backends that answer at once)."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
+class Backend(abc.ABC):
+    """A broadcast backend. One instance per process, made from the settings.
+
+    Positions are the backend's own values, ordered within a topic; ``zero`` is the
+    position before a topic's first event. Methods that may wait on the engine return a
+    :class:`concurrent.futures.Future`, so that async and sync subscribers can both wait.
+    """
+
+    #: The name in ``FLOSSE["BROADCAST_BACKEND"]``.
+    name: ClassVar[str]
+    zero: ClassVar[Any]
+    #: True when every process of the deployment sees every event (not ``memory``).
+    shared: ClassVar[bool] = True
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def tag(self) -> str:
+        """The first part of every id: the backend, and the life of its history."""
+
+    @abc.abstractmethod
+    def format_position(self, position: Any) -> str:
+        """``position`` as id text (letters, digits and ``-`` only)."""
+
+    @abc.abstractmethod
+    def parse_position(self, text: str) -> Any:
+        """The position ``text`` names, or ``None`` if it cannot be one."""
+
+    @abc.abstractmethod
+    def publish(self, drafts: Sequence[Draft], *, independent: bool = False) -> None:
+        """Store ``drafts`` in order and make them reach every subscriber; raise if that
+        cannot be done (nothing of a failed call is published). ``independent``: the
+        caller is inside a transaction that must not include this publish."""
+
+    async def apublish(self, drafts: Sequence[Draft]) -> None:
+        """:meth:`publish` from async code (by default in a worker thread)."""
+        from asgiref.sync import sync_to_async
+
+        await sync_to_async(self.publish, thread_sensitive=False)(drafts, independent=True)
+
+    @abc.abstractmethod
+    def join(self, subscriber: Subscriber) -> concurrent.futures.Future[dict[str, Any]]:
+        """Start delivering to ``subscriber`` every event after the positions returned
+        (one per topic: the last event delivered before it joined, or ``zero``)."""
+
+    @abc.abstractmethod
+    def leave(self, subscriber: Subscriber) -> None:
+        """Stop delivering to ``subscriber`` (it may also just be closed: see Fanout.sweep)."""
+
+    @abc.abstractmethod
+    def read(self, topic: str, after: Any, upto: Any) -> concurrent.futures.Future[Page]:
+        """The history of ``topic`` after ``after`` (at most ``PAGE_SIZE`` events; those
+        past ``upto`` may be left out). Reads of the same topic and position that overlap
+        in time should share one query."""
+
+    def close(self) -> None:  # noqa: B027 (optional)
+        """Stop the backend's threads and connections (tests, settings changes)."""

@@ -1,0 +1,109 @@
+"""The ``memory`` backend: this process only (tests, single-process apps).
+
+History and delivery live in this process, under one lock taken per publish and per join
+(never per delivered event). Another process never sees these events: a project that
+streams from several processes must use ``database`` or ``redis``; the log and the admin
+dashboard warn when streams of more than one process are open with this backend.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import secrets
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from ...conf import Config
+from .._messages import Draft, Message
+from .base import PAGE_SIZE, Backend, Fanout, Page, Subscriber, done
+
+__all__ = ["MemoryBackend"]
+
+
+class _Topic:
+    __slots__ = ("head", "history")
+
+    def __init__(self, keep: int) -> None:
+        self.head = 0
+        self.history: deque[Message] = deque(maxlen=keep)
+
+
+class MemoryBackend(Backend):
+    name = "memory"
+    zero = 0
+    shared = False
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self._lock = threading.Lock()
+        self._topics: dict[str, _Topic] = {}
+        self._fanout = Fanout()
+        # Ids of another process (or of this one before a restart) cannot be placed here.
+        self._tag = "m" + secrets.token_hex(3)
+
+    @property
+    def tag(self) -> str:
+        return self._tag
+
+    def format_position(self, position: Any) -> str:
+        return str(position)
+
+    def parse_position(self, text: str) -> Any:
+        return int(text) if text.isdigit() and len(text) <= 18 else None
+
+    def publish(self, drafts: Sequence[Draft], *, independent: bool = False) -> None:
+        keep = self.config.broadcast_history
+        with self._lock:
+            messages = []
+            for draft in drafts:
+                topic = self._topics.get(draft.topic)
+                if topic is None:
+                    topic = self._topics[draft.topic] = _Topic(keep)
+                topic.head += 1
+                message = Message.of(draft, topic.head)
+                topic.history.append(message)
+                messages.append(message)
+            self._trim(messages[-1].published_at if messages else 0.0)
+            self._fanout.deliver(messages)
+
+    async def apublish(self, drafts: Sequence[Draft]) -> None:
+        self.publish(drafts)  # no I/O: a lock held for microseconds
+
+    def _trim(self, now: float) -> None:
+        oldest = now - self.config.broadcast_history_seconds
+        for topic in self._topics.values():
+            history = topic.history
+            while history and history[0].published_at < oldest:
+                history.popleft()
+
+    def join(self, subscriber: Subscriber) -> concurrent.futures.Future[dict[str, Any]]:
+        with self._lock:
+            self._fanout.add(subscriber)
+            heads = {}
+            for name in subscriber.topics:
+                topic = self._topics.get(name)
+                heads[name] = topic.head if topic is not None else 0
+            return done(heads)
+
+    def leave(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._fanout.remove(subscriber)
+
+    def read(self, topic: str, after: Any, upto: Any) -> concurrent.futures.Future[Page]:
+        with self._lock:
+            known = self._topics.get(topic)
+            if known is None:
+                return done(Page((), complete=after == 0))
+            history = known.history
+            first = history[0].position if history else known.head + 1
+            # Complete when the event right after ``after`` is still here (or none exists).
+            complete = after >= known.head or first <= after + 1
+            start = max(0, after + 1 - first)
+            messages = [history[i] for i in range(start, min(len(history), start + PAGE_SIZE))]
+            return done(Page(messages, complete))
+
+    def subscribers(self, topic: str) -> int:
+        with self._lock:
+            return self._fanout.subscribers(topic)
