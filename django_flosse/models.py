@@ -12,7 +12,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import reasons
 
-__all__ = ["StreamConnection"]
+__all__ = ["BroadcastMessage", "BroadcastTopic", "StreamConnection"]
 
 CLOSE_REASON_CHOICES = [(reason, reason) for reason in reasons.CLOSE_REASONS]
 
@@ -47,6 +47,9 @@ class StreamConnection(models.Model):
     )
     last_event_id = models.CharField(_("Last-Event-ID"), max_length=512, blank=True)
     error_id = models.CharField(_("error id"), max_length=16, blank=True)
+    topics = models.TextField(
+        _("topics"), blank=True, help_text=_("Broadcast topics it subscribed to, space-separated.")
+    )
     stop_requested = models.CharField(
         _("stop requested"),
         max_length=16,
@@ -74,3 +77,44 @@ class StreamConnection(models.Model):
     @property
     def is_open(self) -> bool:
         return self.closed_at is None
+
+
+class BroadcastTopic(models.Model):
+    """The position of a topic's last event (the ``database`` broadcast backend).
+
+    Publishing updates this row first, in the transaction that inserts the event: the row
+    lock orders publishers of one topic, so positions commit in order and a reader that has
+    seen position 12 can never miss a late 11.
+    """
+
+    topic = models.CharField(_("topic"), max_length=128, primary_key=True)
+    position = models.BigIntegerField(_("position"), default=0)
+
+    class Meta:
+        verbose_name = _("broadcast topic")
+        verbose_name_plural = _("broadcast topics")
+
+    def __str__(self) -> str:
+        return f"{self.topic} @{self.position}"
+
+
+class BroadcastMessage(models.Model):
+    """One published broadcast event, kept as history for resumes and catch-up."""
+
+    topic = models.CharField(_("topic"), max_length=128)
+    position = models.BigIntegerField(_("position"))
+    #: The encoded event (``event:`` and ``data:`` lines), sent as is after an ``id:`` line.
+    body = models.TextField(_("body"))
+    #: ``time.time()`` of the publishing call (for the lag metric and the age trim).
+    published_at = models.FloatField(_("published at"))
+
+    class Meta:
+        verbose_name = _("broadcast message")
+        verbose_name_plural = _("broadcast messages")
+        constraints = [
+            models.UniqueConstraint(fields=["topic", "position"], name="flosse_broadcast_position")
+        ]
+        indexes = [models.Index(fields=["published_at"], name="flosse_broadcast_published")]
+
+    def __str__(self) -> str:
+        return f"{self.topic} #{self.position}"

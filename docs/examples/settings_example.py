@@ -30,4 +30,14 @@ FLOSSE = {
     "SHUTDOWN_SIGNALS": True,
     "MAX_DURATION": None,
     "SEND_TIMEOUT": 60.0,
+    # Broadcast (docs/broadcast.md)
+    "BROADCAST_BACKEND": "database",
+    "BROADCAST_DATABASE": "default",
+    "BROADCAST_LISTEN_URL": None,
+    "BROADCAST_POLL_INTERVAL": 0.25,
+    "BROADCAST_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "BROADCAST_HISTORY": 1000,
+    "BROADCAST_HISTORY_SECONDS": 86400,
+    "BROADCAST_BUFFER": 1000,
+    "BROADCAST_MAX_BYTES": 65536,
 }
