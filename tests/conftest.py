@@ -56,6 +56,7 @@ def _isolated_process_state() -> Iterator[None]:
     """
     import structlog
 
+    from django_flosse.broadcasting.backends import close_backend
     from django_flosse.observing import wiring
     from django_flosse.observing._dashboard import watcher
     from django_flosse.observing._history import writer
@@ -68,6 +69,7 @@ def _isolated_process_state() -> Iterator[None]:
         writer.reset()
         watcher.reset()
         wiring.reset()
+        close_backend()  # its reader threads and subscribers go with the test
         structlog.reset_defaults()
 
     reset()

@@ -87,3 +87,10 @@ urlpatterns += [
     path("security/echo-last-id/", views.sec_echo_last_id),
     path("security/echo-last-id-async/", views.sec_echo_last_id_async),
 ]
+
+# Broadcast (issue 11).
+urlpatterns += [
+    path("broadcast/async/<str:topics>/", views.broadcast_async),
+    path("broadcast/sync/<str:topics>/", views.broadcast_sync),
+    path("broadcast/publish/<str:topic>/", views.broadcast_publish),
+]

@@ -758,3 +758,30 @@ async def rel_db_async_closes(request: HttpRequest) -> AsyncIterator[Any]:
             _db_record(key, await sync_to_async(_db_still_held)(used))
     finally:
         _finally_ran("rel.db_async_closes")
+
+
+# --------------------------------------------------------------------------- broadcast
+# The view decides the topics; in these test views a comma-separated path segment names
+# them (a real view derives them from the request's user or object, never the client).
+from django.http import HttpResponse  # noqa: E402
+from django.views.decorators.csrf import csrf_exempt  # noqa: E402
+
+from django_flosse import broadcast, subscribe  # noqa: E402
+
+
+@sse_stream(name="tests.broadcast_async", heartbeat=1.0)
+async def broadcast_async(request: HttpRequest, topics: str) -> AsyncIterator[Any]:
+    async for event in subscribe(request, *topics.split(",")):
+        yield event
+
+
+@sse_stream(name="tests.broadcast_sync", heartbeat=1.0)
+def broadcast_sync(request: HttpRequest, topics: str) -> Iterator[Any]:
+    yield from subscribe(request, *topics.split(","))
+
+
+@csrf_exempt
+def broadcast_publish(request: HttpRequest, topic: str) -> HttpResponse:
+    """POST: publish the body (a str) to ``topic`` from this server process."""
+    broadcast(topic, request.body.decode(), event=request.GET.get("event") or None)
+    return HttpResponse("ok")
