@@ -17,6 +17,9 @@ Why the heuristics are what they are (read before "improving" them):
   django-silk): no warning for those. ``GZipMiddleware`` itself is handled by the decorator,
   which compresses and flushes each chunk itself, but only when the middleware is listed by
   its own dotted path, so a subclass is a warning.
+* W007 cannot see a pooler either: it looks for what projects behind PgBouncer set (its
+  default port 6432, ``DISABLE_SERVER_SIDE_CURSORS``, which Django's docs require with
+  transaction pooling). A pooled alias with ``BROADCAST_LISTEN_URL`` set is fine.
 * W004 computes whether the allowed networks *together* cover every address
   (``0.0.0.0/1`` plus ``128.0.0.0/1`` is the whole internet too), including IPv4 clients
   seen as IPv4-mapped IPv6 addresses on a dual-stack socket.
@@ -32,7 +35,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Info, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Info, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, router
 from django.utils.module_loading import import_string
@@ -42,6 +45,8 @@ from .conf import get_config
 __all__ = [
     "BUFFERING_MIDDLEWARE",
     "MIN_TOKEN_LENGTH",
+    "PGBOUNCER_PORT",
+    "check_broadcast",
     "check_conn_max_age_under_asgi",
     "check_metrics_access",
     "check_middleware",
@@ -339,6 +344,72 @@ def check_metrics_access(
                     ),
                     obj="FLOSSE['METRICS_TOKEN']",
                     id="django_flosse.W006",
+                )
+            )
+    return messages
+
+
+# --------------------------------------------------------------------------- E001, E002, W007
+#: PgBouncer's default port: an alias on it most likely goes through the pooler.
+PGBOUNCER_PORT = "6432"
+
+
+@register(Tags.compatibility)
+def check_broadcast(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E001: the broadcast database is not configured; E002: the redis backend without
+    redis-py; W007: the PostgreSQL listener would go through a transaction pooler."""
+    if not _ours(app_configs):
+        return []
+    config = get_config()
+    backend = config.broadcast_backend
+    messages: list[CheckMessage] = []
+    if backend == "database":
+        alias = config.broadcast_database
+        database: dict[str, Any] | None = settings.DATABASES.get(alias)
+        if database is None:
+            messages.append(
+                Error(
+                    f"FLOSSE['BROADCAST_DATABASE'] is {alias!r}, which is not in DATABASES: "
+                    "the database broadcast backend has nowhere to keep its history.",
+                    hint="Name a configured database alias, or choose another "
+                    "FLOSSE['BROADCAST_BACKEND'] ('redis', 'memory').",
+                    obj="FLOSSE['BROADCAST_DATABASE']",
+                    id="django_flosse.E001",
+                )
+            )
+        elif (
+            "postgresql" in str(database.get("ENGINE", ""))
+            and config.broadcast_listen_url is None
+            and (
+                str(database.get("PORT", "")) == PGBOUNCER_PORT
+                or database.get("DISABLE_SERVER_SIDE_CURSORS") is True
+            )
+        ):
+            messages.append(
+                Warning(
+                    f"DATABASES[{alias!r}] looks like it goes through PgBouncer (port "
+                    f"{PGBOUNCER_PORT} or DISABLE_SERVER_SIDE_CURSORS), but broadcast's "
+                    "PostgreSQL listener needs a session of its own: in transaction pooling "
+                    "mode its LISTEN is lost and events arrive only at the fallback poll.",
+                    hint="Set FLOSSE['BROADCAST_LISTEN_URL'] to a direct URL of the server "
+                    "(postgresql://user:password@db-host:5432/name), or silence this check "
+                    "if the pooler runs in session mode.",
+                    obj=f"DATABASES[{alias!r}]",
+                    id="django_flosse.W007",
+                )
+            )
+    elif backend == "redis":
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            messages.append(
+                Error(
+                    "FLOSSE['BROADCAST_BACKEND'] is 'redis' but redis-py is not installed.",
+                    hint="pip install 'django-flosse[redis]'",
+                    obj="FLOSSE['BROADCAST_BACKEND']",
+                    id="django_flosse.E002",
                 )
             )
     return messages

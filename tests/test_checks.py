@@ -27,6 +27,7 @@ from django.test import Client, override_settings
 
 from django_flosse import checks
 from django_flosse.checks import (
+    check_broadcast,
     check_conn_max_age_under_asgi,
     check_metrics_access,
     check_middleware,
@@ -35,7 +36,11 @@ from django_flosse.checks import (
 from tests.support.servers import free_port
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "checks.md"
-ALL_IDS = {f"django_flosse.W00{n}" for n in range(1, 7)} | {"django_flosse.I001"}
+ALL_IDS = {f"django_flosse.W00{n}" for n in range(1, 8)} | {
+    "django_flosse.I001",
+    "django_flosse.E001",
+    "django_flosse.E002",
+}
 OUTSIDER = "203.0.113.5"
 
 
@@ -72,6 +77,7 @@ def test_every_check_is_registered_by_the_app_with_its_tag() -> None:
     assert check_middleware in registered
     assert check_migrations in registered
     assert check_metrics_access in registered
+    assert check_broadcast in registered
     assert check_migrations.tags == (Tags.database,)  # runs only with --database / migrate
     assert check_metrics_access.tags == (Tags.security,)
 
@@ -106,7 +112,7 @@ def test_checks_of_other_apps_leave_ours_out() -> None:
 
 def test_docs_list_every_id_with_what_it_detects() -> None:
     text = DOCS.read_text()
-    documented = set(re.findall(r"django_flosse\.[WI]\d{3}", text))
+    documented = set(re.findall(r"django_flosse\.[WIE]\d{3}", text))
     assert documented == ALL_IDS
 
 
@@ -376,3 +382,52 @@ def test_every_message_has_an_id_a_message_and_a_hint(monkeypatch: pytest.Monkey
     for message in messages:
         assert message.msg and message.hint, message
         assert message.id in ALL_IDS
+
+
+# ------------------------------------------------------------------- E001, E002, W007
+PG = {"ENGINE": "django.db.backends.postgresql", "NAME": "app", "HOST": "db", "PORT": "5432"}
+
+
+@override_settings(FLOSSE={"BROADCAST_DATABASE": "events"})
+def test_e001_broadcast_database_not_configured() -> None:
+    messages = check_broadcast()
+    assert ids(messages) == ["django_flosse.E001"]
+    assert "'events', which is not in DATABASES" in messages[0].msg
+
+
+@override_settings(FLOSSE={"BROADCAST_DATABASE": "events", "BROADCAST_BACKEND": "memory"})
+def test_e001_only_for_the_database_backend() -> None:
+    assert check_broadcast() == []
+
+
+def test_e002_redis_backend_without_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    with override_settings(FLOSSE={"BROADCAST_BACKEND": "redis"}):
+        assert check_broadcast() == []  # installed in the test environment
+        monkeypatch.setitem(sys.modules, "redis", None)  # import redis now raises ImportError
+        messages = check_broadcast()
+    assert ids(messages) == ["django_flosse.E002"]
+    assert messages[0].hint == "pip install 'django-flosse[redis]'"
+
+
+@pytest.mark.parametrize(
+    "database",
+    [{**PG, "PORT": "6432"}, {**PG, "PORT": 6432}, {**PG, "DISABLE_SERVER_SIDE_CURSORS": True}],
+)
+def test_w007_pooled_postgres_without_a_listen_url(
+    database: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check reads the settings only (overriding DATABASES whole would reconnect).
+    monkeypatch.setitem(settings.DATABASES, "events", database)
+    with override_settings(FLOSSE={"BROADCAST_DATABASE": "events"}):
+        assert ids(check_broadcast()) == ["django_flosse.W007"]
+    direct = {"BROADCAST_DATABASE": "events", "BROADCAST_LISTEN_URL": "postgresql://db/app"}
+    with override_settings(FLOSSE=direct):
+        assert check_broadcast() == []
+
+
+def test_w007_not_for_a_direct_postgres_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(settings.DATABASES, "events", PG)
+    with override_settings(FLOSSE={"BROADCAST_DATABASE": "events"}):
+        assert check_broadcast() == []
