@@ -163,6 +163,14 @@ def test_the_user_is_recorded_only_when_authenticated(rf: RequestFactory, user: 
         assert (connection.user_id, connection.username) == (None, "")
 
 
+def test_the_last_event_id_of_clients_that_cannot_set_the_header(rf: RequestFactory) -> None:
+    """htmx's sse extension (and other clients) send it as ``?lastEventId=``; the header wins."""
+    query_only = connection_for(rf.get("/s/?lastEventId=m1.ab.7"), "s", None, get_config())
+    assert query_only.last_event_id == "m1.ab.7"
+    both = rf.get("/s/?lastEventId=old", HTTP_LAST_EVENT_ID="new")
+    assert connection_for(both, "s", None, get_config()).last_event_id == "new"
+
+
 @pytest.mark.parametrize(
     "request_double",
     [MagicMock(), SimpleNamespace(), SimpleNamespace(META=None, path=None, resolver_match=None)],

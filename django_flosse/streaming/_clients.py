@@ -41,6 +41,16 @@ def client_ip(request: HttpRequest, config: Config) -> str | None:
     return _meta(request, "REMOTE_ADDR")[:64] or None
 
 
+def _last_event_id(request: HttpRequest) -> str:
+    """The header, or the ``lastEventId`` query parameter of clients that cannot set it."""
+    header = _meta(request, "HTTP_LAST_EVENT_ID")
+    if header:
+        return header
+    query = getattr(request, "GET", None)
+    value = query.get("lastEventId", "") if hasattr(query, "get") else ""
+    return value if isinstance(value, str) else ""
+
+
 def _route(request: HttpRequest) -> str:
     match = getattr(request, "resolver_match", None)
     route = getattr(match, "route", "")
@@ -63,7 +73,7 @@ def connection_for(request: HttpRequest, stream: str, user: Any, config: Config)
         username=username or "",
         client_ip=client_ip(request, config),
         user_agent=_meta(request, "HTTP_USER_AGENT")[:MAX_HEADER_LENGTH],
-        last_event_id=_meta(request, "HTTP_LAST_EVENT_ID")[:MAX_HEADER_LENGTH],
+        last_event_id=_last_event_id(request)[:MAX_HEADER_LENGTH],
         process=current_process(),
     )
 
