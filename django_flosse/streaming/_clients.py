@@ -46,7 +46,7 @@ def _last_event_id(request: HttpRequest) -> str:
     header = _meta(request, "HTTP_LAST_EVENT_ID")
     if header:
         return header
-    query = getattr(request, "GET", None)
+    query: Any = getattr(request, "GET", None)
     value = query.get("lastEventId", "") if hasattr(query, "get") else ""
     return value if isinstance(value, str) else ""
 
