@@ -211,8 +211,7 @@ def _messages() -> dict[str, str]:
         "not_available": _("n/a"),
         "lag_none": _("no live delivery in this process recently"),
         "lag": _(
-            "p50 %(p50)s, p99 %(p99)s, max %(max)s over %(samples)s live deliveries of this "
-            "process"
+            "p50 %(p50)s, p99 %(p99)s, max %(max)s over %(samples)s live deliveries of this process"
         ),
         "unshared": _(
             "The broadcast backend is “memory”, but streams subscribed to topics are open in "

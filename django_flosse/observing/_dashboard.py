@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -469,7 +470,7 @@ def _activity(topics: list[str], since: float) -> tuple[str, dict[str, Any] | No
 
 def _percentile(ordered: list[float], fraction: float) -> float:
     """Nearest-rank percentile of a sorted, non-empty list."""
-    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
 
 
 def _topics(now: float) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def row_topics(topics: Sequence[str]) -> str:
     :data:`TOPICS_MAX_LENGTH` characters (topics never contain a space)."""
     text = _text(" ".join(topics), TOPICS_MAX_LENGTH + 1)
     if len(text) > TOPICS_MAX_LENGTH:
-        text = text[:TOPICS_MAX_LENGTH].rsplit(" ", 1)[0]
+        text = text.rsplit(" ", 1)[0]  # a cut topic goes; a whole one before a space stays
     return text
 
 
