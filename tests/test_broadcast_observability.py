@@ -343,46 +343,36 @@ def _warnings(logs: list[Any]) -> list[Any]:
     return [e for e in logs if e["event"] == BROADCAST_ONE_PROCESS]
 
 
+class _Shared(MemoryBackend):  # as database and redis are
+    shared = True
+
+
 @pytest.mark.django_db
-def test_memory_backend_used_by_two_processes_is_logged_once(writer: Any) -> None:
-    with override_settings(FLOSSE={**HISTORY_SETTINGS, **BACKEND}):
-        _open_row(OTHER_A, "bcobs-orders")
-        _open_row(OTHER_A, "")  # not subscribed
+@pytest.mark.parametrize(
+    ("backend", "elsewhere", "warned"),
+    [
+        ("memory", "bcobs-orders", True),
+        ("memory", "", False),  # another process streams, but subscribed to nothing
+        (_Shared, "bcobs-orders", False),
+    ],
+)
+def test_memory_backend_used_by_two_processes_is_logged_once(
+    writer: Any, backend: Any, elsewhere: str, warned: bool
+) -> None:
+    with override_settings(FLOSSE={**HISTORY_SETTINGS, "BROADCAST_BACKEND": backend}):
+        _open_row(OTHER_A, elsewhere)
+        _open_row(OTHER_B, "")  # not subscribed: never counted
         connection = open_connection(topics=("bcobs-orders",))
         with capture_logs() as logs:
             writer.flush()  # writes our row, then looks (the first flush always looks)
             writer.check_broadcast_sharing()  # again: within 10 minutes, not logged again
-        (warning,) = _warnings(logs)
-        assert warning["log_level"] == "warning"
-        assert warning["processes"] == sorted([current_process(), OTHER_A])
         registry.close(connection, "completed")
-
-
-@pytest.mark.django_db
-def test_memory_backend_alone_or_without_subscriptions_is_not_logged(writer: Any) -> None:
-    with override_settings(FLOSSE={**HISTORY_SETTINGS, **BACKEND}):
-        _open_row(OTHER_A, "")  # another process streams, but subscribed to nothing
-        connection = open_connection(topics=("bcobs-orders",))
-        with capture_logs() as logs:
-            writer.flush()
-            writer.check_broadcast_sharing()
+    if not warned:
         assert _warnings(logs) == []
-        registry.close(connection, "completed")
-
-
-@pytest.mark.django_db
-def test_a_shared_backend_is_never_warned_about(writer: Any) -> None:
-    class Shared(MemoryBackend):  # as database and redis are
-        shared = True
-
-    with override_settings(FLOSSE={**HISTORY_SETTINGS, "BROADCAST_BACKEND": Shared}):
-        _open_row(OTHER_A, "bcobs-orders")
-        connection = open_connection(topics=("bcobs-orders",))
-        with capture_logs() as logs:
-            writer.flush()
-            writer.check_broadcast_sharing()
-        assert _warnings(logs) == []
-        registry.close(connection, "completed")
+        return
+    (warning,) = _warnings(logs)
+    assert warning["log_level"] == "warning"
+    assert warning["processes"] == sorted([current_process(), OTHER_A])
 
 
 # ----------------------------------------------------------------------------- dashboard
