@@ -145,9 +145,9 @@ class _CanViewConnections(BaseSSEPermission):
 
 @sse_stream(name=DASHBOARD_STREAM, permission_classes=[_CanViewConnections])
 async def _feed(request: HttpRequest) -> AsyncIterator[Any]:
-    """``snapshot`` once, then ``update`` whenever something changed; ``topics`` (the
-    broadcast panel) after the snapshot and then at most every ``TOPICS_INTERVAL`` when it
-    changed."""
+    """``snapshot`` once, then ``update`` whenever something changed. The broadcast topics
+    panel rides along as a ``topics`` key: in the snapshot, then in an update at most every
+    ``TOPICS_INTERVAL`` when it changed."""
     feed = Feed(get_config().dashboard_top)
     # One thread of its own for the queries: off the event loop on every server, and its
     # database connection is closed when the feed ends (below).
@@ -159,8 +159,9 @@ async def _feed(request: HttpRequest) -> AsyncIterator[Any]:
         return sync_to_async(method, thread_sensitive=False, executor=executor)()
 
     try:
-        yield ("snapshot", await run(feed.snapshot))
-        yield ("topics", await run(feed.topics))
+        snapshot = await run(feed.snapshot)
+        snapshot["topics"] = await run(feed.topics)
+        yield ("snapshot", snapshot)
         last = topics_at = time.monotonic()
         while True:
             timeout = last + POLL_INTERVAL - time.monotonic()
@@ -171,13 +172,13 @@ async def _feed(request: HttpRequest) -> AsyncIterator[Any]:
             wake.clear()
             last = time.monotonic()
             update = await run(feed.poll)
-            if update is not None:
-                yield ("update", update)
             if last - topics_at >= TOPICS_INTERVAL:
                 topics_at = last
                 topics = await run(feed.topics)
                 if topics is not None:
-                    yield ("topics", topics)
+                    update = {**(update or feed.unchanged()), "topics": topics}
+            if update is not None:
+                yield ("update", update)
     finally:
         watcher.unlisten(token)
         executor.submit(connections.close_all)  # runs before the thread exits

@@ -566,15 +566,16 @@ def test_rows_carry_topics_only_for_subscribed_connections(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_feed_sends_the_topics_panel_after_the_snapshot(
+def test_the_feed_sends_the_topics_panel_with_the_snapshot(
     admin_client: Client, memory_backend: None
 ) -> None:
     _open_row(OTHER_A, "bcobs-feed")
     events = collect_events(
-        admin_client.get(reverse("admin:django_flosse_dashboard_stream")), max_events=2
+        admin_client.get(reverse("admin:django_flosse_dashboard_stream")), max_events=1
     )
-    assert [e.event for e in events] == ["snapshot", "topics"]
-    snapshot, panel = events[0].json(), events[1].json()
+    assert [e.event for e in events] == ["snapshot"]
+    snapshot = events[0].json()
+    panel = snapshot["topics"]
     assert [r.get("topics") for r in snapshot["rows"]] == ["bcobs-feed"]
     assert panel["rows"] == [{"topic": "bcobs-feed", "subscribers": 1, "published": 0,
                               "last": None}]  # fmt: skip
@@ -590,3 +591,16 @@ def test_the_page_has_the_topics_panel_column_and_notice(admin_client: Client) -
     assert ">Topics</th>" in html
     i18n = json.loads(html.split('id="flosse-i18n" type="application/json">')[1].split("<")[0])
     assert "%(processes)s" in i18n["unshared"]
+
+
+@pytest.mark.django_db
+def test_a_changed_panel_rides_in_an_update_that_changes_nothing_else(
+    memory_backend: None, subscribed_local: list[Connection]
+) -> None:
+    feed = dashboard.Feed(top=10)
+    snapshot = feed.snapshot()
+    assert feed.poll() is None
+    unchanged = feed.unchanged()
+    assert set(unchanged) == {"t", "total", "cards", "upsert", "remove"}
+    assert (unchanged["upsert"], unchanged["remove"]) == ([], [])
+    assert (unchanged["total"], unchanged["cards"]) == (snapshot["total"], snapshot["cards"])

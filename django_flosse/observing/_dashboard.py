@@ -16,8 +16,9 @@ Why it is built this way (read before "simplifying"):
 * The feed leaves out its own stream: every frame it sends moves its own counters, which
   would be a change to report, which would be another frame, for ever.
 * The topics panel (broadcast: subscribers per topic across processes, events published,
-  lag) is sent as its own ``topics`` event, at most every :data:`TOPICS_INTERVAL`, and
-  computed once per process for every viewer (:class:`_TopicsPanel`): it reads the topics
+  lag) rides in the snapshot and then in an update at most every :data:`TOPICS_INTERVAL`
+  (only when it changed), as a ``topics`` key; it is computed once per process for every
+  viewer (:class:`_TopicsPanel`): it reads the topics
   of open rows (grouped in SQL, bounded by :data:`MAX_TOPIC_GROUPS`) and, on the
   ``database`` backend, the broadcast history of the last :data:`TOPICS_WINDOW` only
   (through its ``published_at`` index). The connections' cards and table keep their pace.
@@ -223,6 +224,11 @@ class Feed:
         self._rows: dict[str, dict[str, Any]] = {}
         self._total = 0
         self._topics: dict[str, Any] | None = None
+
+    def unchanged(self) -> dict[str, Any]:
+        """An update frame that changes nothing (to carry the topics panel alone)."""
+        return {"t": round(time.time(), 3), "total": self._total, "cards": self._cards,
+                "upsert": [], "remove": []}  # fmt: skip
 
     def topics(self) -> dict[str, Any] | None:
         """The topics panel, or ``None`` when it has not changed since this feed sent it."""

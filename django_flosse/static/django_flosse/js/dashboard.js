@@ -2,8 +2,8 @@
  * django-flosse live dashboard.
  *
  * Fed by the page's own SSE stream (data-stream-url): one "snapshot" event on connect, then
- * "update" events carrying what changed (cards, total, rows to upsert and to remove), and
- * "topics" events with the whole broadcast topics panel (after the snapshot, then when it
+ * "update" events carrying what changed (cards, total, rows to upsert and to remove). Both
+ * may carry "topics", the whole broadcast topics panel (in the snapshot, then when it
  * changed). Every value from the server is put on the page with textContent, never as HTML. The
  * chart is drawn by chart.js on a <canvas>: no library, no CDN, the admin works offline.
  *
@@ -322,6 +322,9 @@
         addPoint(snapshot.t * 1000, total);
         renderCards(snapshot.cards);
         renderRows();
+        if (snapshot.topics) {
+            renderTopics(snapshot.topics);
+        }
         drawChart();
         setStatus(T.live, false);
     }
@@ -341,6 +344,9 @@
         }
         renderCards(update.cards);
         renderRows();
+        if (update.topics) {
+            renderTopics(update.topics);
+        }
         addPoint(update.t * 1000, total);
         drawChart();
     }
@@ -356,7 +362,6 @@
         });
         source.addEventListener("snapshot", (event) => onSnapshot(JSON.parse(event.data)));
         source.addEventListener("update", (event) => onUpdate(JSON.parse(event.data)));
-        source.addEventListener("topics", (event) => renderTopics(JSON.parse(event.data)));
         source.addEventListener("terminated", () => {
             source.close();
             setStatus(T.stopped, true);
