@@ -52,6 +52,8 @@ from .observing._dashboard import (
     DASHBOARD_STREAM,
     MIN_POLL_GAP,
     POLL_INTERVAL,
+    TOPICS_INTERVAL,
+    TOPICS_WINDOW,
     WINDOW,
     Feed,
     watcher,
@@ -143,7 +145,9 @@ class _CanViewConnections(BaseSSEPermission):
 
 @sse_stream(name=DASHBOARD_STREAM, permission_classes=[_CanViewConnections])
 async def _feed(request: HttpRequest) -> AsyncIterator[Any]:
-    """``snapshot`` once, then ``update`` whenever something changed."""
+    """``snapshot`` once, then ``update`` whenever something changed. The broadcast topics
+    panel rides along as a ``topics`` key: in the snapshot, then in an update at most every
+    ``TOPICS_INTERVAL`` when it changed."""
     feed = Feed(get_config().dashboard_top)
     # One thread of its own for the queries: off the event loop on every server, and its
     # database connection is closed when the feed ends (below).
@@ -155,8 +159,10 @@ async def _feed(request: HttpRequest) -> AsyncIterator[Any]:
         return sync_to_async(method, thread_sensitive=False, executor=executor)()
 
     try:
-        yield ("snapshot", await run(feed.snapshot))
-        last = time.monotonic()
+        snapshot = await run(feed.snapshot)
+        snapshot["topics"] = await run(feed.topics)
+        yield ("snapshot", snapshot)
+        last = topics_at = time.monotonic()
         while True:
             timeout = last + POLL_INTERVAL - time.monotonic()
             if timeout > 0:
@@ -166,6 +172,11 @@ async def _feed(request: HttpRequest) -> AsyncIterator[Any]:
             wake.clear()
             last = time.monotonic()
             update = await run(feed.poll)
+            if last - topics_at >= TOPICS_INTERVAL:
+                topics_at = last
+                topics = await run(feed.topics)
+                if topics is not None:
+                    update = {**(update or feed.unchanged()), "topics": topics}
             if update is not None:
                 yield ("update", update)
     finally:
@@ -195,6 +206,19 @@ def _messages() -> dict[str, str]:
         "bytes_per_s": _("bytes/s"),
         "ago": _("%(time)s ago"),
         "never": _("never"),
+        "no_topics": _("No topic has subscribers or recent events."),
+        "more_topics": _("and %(count)s more topics"),
+        "partial": _("(counts are partial: too many distinct subscriptions to read)"),
+        "not_available": _("n/a"),
+        "lag_none": _("no live delivery in this process recently"),
+        "lag": _(
+            "p50 %(p50)s, p99 %(p99)s, max %(max)s over %(samples)s live deliveries of this process"
+        ),
+        "unshared": _(
+            "The broadcast backend is “memory”, but streams subscribed to topics are open in "
+            "%(count)s processes (%(processes)s): each process hears only its own "
+            "broadcasts, so events are lost. Use the “database” or “redis” backend."
+        ),
     }
 
 
@@ -219,6 +243,7 @@ def dashboard_urls(model_admin: Any) -> list[URLPattern]:
             "opts": opts,
             "can_terminate": request.user.has_perm(TERMINATE_PERMISSION),
             "window_minutes": WINDOW // 60,
+            "topics_minutes": TOPICS_WINDOW // 60,
             "top": get_config().dashboard_top,
             "messages_js": _messages(),
         }

@@ -15,6 +15,13 @@ Why it is built this way (read before "simplifying"):
   per poll and a frame of bounded size.
 * The feed leaves out its own stream: every frame it sends moves its own counters, which
   would be a change to report, which would be another frame, for ever.
+* The topics panel (broadcast: subscribers per topic across processes, events published,
+  lag) rides in the snapshot and then in an update at most every :data:`TOPICS_INTERVAL`
+  (only when it changed), as a ``topics`` key; it is computed once per process for every
+  viewer (:class:`_TopicsPanel`): it reads the topics
+  of open rows (grouped in SQL, bounded by :data:`MAX_TOPIC_GROUPS`) and, on the
+  ``database`` backend, the broadcast history of the last :data:`TOPICS_WINDOW` only
+  (through its ``published_at`` index). The connections' cards and table keep their pace.
 * ``AdminSite.admin_view`` wraps sync views only, so the outer feed view is sync (login
   redirect, permission check) and calls the async stream view through ``async_to_sync``.
   The response it returns then streams natively under ASGI, where a disconnect cancels the
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -34,14 +42,23 @@ from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
 from .. import reasons
 from ..conf import get_config
+from .metrics import recent_lags
 from .registry import Connection, current_process, registry
 
-__all__ = ["DASHBOARD_STREAM", "MIN_POLL_GAP", "POLL_INTERVAL", "WINDOW", "Feed", "watcher"]
+__all__ = [
+    "DASHBOARD_STREAM",
+    "MIN_POLL_GAP",
+    "POLL_INTERVAL",
+    "TOPICS_INTERVAL",
+    "WINDOW",
+    "Feed",
+    "watcher",
+]
 
 #: The feed's own stream name (left out of what the dashboard shows).
 DASHBOARD_STREAM = "django_flosse.dashboard"
@@ -56,6 +73,15 @@ WINDOW = 600
 HISTORY_POINTS = 60
 #: Seconds after which the base of the rate computation moves forward (see ``_Feed``).
 REBASE_EVERY = 60.0
+#: Topics listed one by one in the topics panel (the most subscribed first).
+TOPICS_TOP = 20
+#: Seconds covered by the topics panel's "published" counts and lag percentiles.
+TOPICS_WINDOW = 300
+#: Seconds between two computations of the topics panel (shared by a process's viewers).
+TOPICS_INTERVAL = 5.0
+#: Groups of open rows with the same topics and process read at most per computation
+#: (per-user topics make one group per connection); beyond it the counts are partial.
+MAX_TOPIC_GROUPS = 10_000
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -87,10 +113,11 @@ class _LocalWatcher:
         self.since = time.time()
 
     def reset(self) -> None:
-        """Forget the counts (tests reset the registry too)."""
+        """Forget the counts and the topics panel (tests reset the registry too)."""
         with self._lock:
             self._buckets.clear()
             self.since = time.time()
+        topics_panel.clear()
 
     def listen(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> int:
         with self._lock:
@@ -145,25 +172,34 @@ watcher = _LocalWatcher()
 # --------------------------------------------------------------------------- the feed's state
 _ROW_FIELDS = (
     "connection_id", "stream", "username", "client_ip", "process", "opened_at",
-    "events_sent", "bytes_sent", "last_event_at",
+    "events_sent", "bytes_sent", "last_event_at", "topics",
 )  # fmt: skip
+#: Characters of a row's topics sent to the page (the cell shows the start; the title all).
+ROW_TOPICS_CHARS = 300
+
+
+def _with_topics(row: dict[str, Any], topics: str) -> dict[str, Any]:
+    # Only for connections that subscribed: most do not, and frames stay small.
+    if topics:
+        row["topics"] = topics[:ROW_TOPICS_CHARS]
+    return row
 
 
 def _row(values: tuple[Any, ...]) -> dict[str, Any]:
-    cid, stream, user, ip, process, opened, events, sent, last = values
-    return {
+    cid, stream, user, ip, process, opened, events, sent, last, topics = values
+    return _with_topics({
         "id": cid, "stream": stream, "user": user, "ip": ip, "process": process,
         "opened": _epoch(opened), "events": events, "bytes": sent, "last": _epoch(last),
-    }  # fmt: skip
+    }, topics)  # fmt: skip
 
 
 def _local_row(c: Connection) -> dict[str, Any]:
     last = None if c.last_event_at is None else round(c.last_event_at, 3)
-    return {
+    return _with_topics({
         "id": c.id, "stream": c.stream, "user": c.username, "ip": c.client_ip,
         "process": c.process, "opened": round(c.opened_at, 3), "events": c.events_sent,
         "bytes": c.bytes_sent, "last": last,
-    }  # fmt: skip
+    }, " ".join(c.topics))  # fmt: skip
 
 
 class Feed:
@@ -187,6 +223,20 @@ class Feed:
         self._cards: list[dict[str, Any]] = []
         self._rows: dict[str, dict[str, Any]] = {}
         self._total = 0
+        self._topics: dict[str, Any] | None = None
+
+    def unchanged(self) -> dict[str, Any]:
+        """An update frame that changes nothing (to carry the topics panel alone)."""
+        return {"t": round(time.time(), 3), "total": self._total, "cards": self._cards,
+                "upsert": [], "remove": []}  # fmt: skip
+
+    def topics(self) -> dict[str, Any] | None:
+        """The topics panel, or ``None`` when it has not changed since this feed sent it."""
+        panel = topics_panel.get(time.time())
+        if panel == self._topics:
+            return None
+        self._topics = panel
+        return panel
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
@@ -317,3 +367,161 @@ class Feed:
             .aggregate(**counts)
         )
         return [[round(t, 3), result[f"p{i}"]] for i, t in enumerate(times)]
+
+
+# --------------------------------------------------------------------------- topics panel
+class _TopicsPanel:
+    """The broadcast topics panel, computed at most every :data:`TOPICS_INTERVAL` for all
+    the viewers of this process (the lock also keeps two viewers from computing it twice)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value: dict[str, Any] | None = None
+        self._at = 0.0
+
+    def get(self, now: float) -> dict[str, Any]:
+        with self._lock:
+            if self._value is None or not 0 <= now - self._at < TOPICS_INTERVAL:
+                self._value, self._at = _topics(now), now
+            return self._value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._value = None
+
+
+topics_panel = _TopicsPanel()
+
+
+def _subscribers(me: str) -> tuple[Counter[str], set[str], bool]:
+    """Open subscribed connections per topic, in every process, and the processes that
+    have some; True when the groups read were capped (counts are then a lower bound)."""
+    from ..models import StreamConnection
+
+    groups = list(
+        StreamConnection.objects.filter(closed_at__isnull=True)
+        .exclude(process=me)
+        .exclude(topics="")
+        .values("topics", "process")
+        .annotate(n=Count("pk"))
+        .order_by("-n")[: MAX_TOPIC_GROUPS + 1]
+    )
+    subscribers: Counter[str] = Counter()
+    processes: set[str] = set()
+    for group in groups[:MAX_TOPIC_GROUPS]:
+        processes.add(group["process"])
+        for topic in group["topics"].split():
+            subscribers[topic] += group["n"]
+    for connection in registry.live():  # this process: its rows may not be written yet
+        if connection.topics:
+            processes.add(me)
+            for topic in connection.topics:
+                subscribers[topic] += 1
+    return subscribers, processes, len(groups) > MAX_TOPIC_GROUPS
+
+
+def _database_activity(topics: list[str], since: float) -> dict[str, tuple[int, float | None]]:
+    """From the ``database`` backend's history: the busiest topics of the window, and the
+    count and last publish of ``topics`` that are not among them. Every query is bounded
+    by the window (``published_at`` index) or by one topic's history (its ``(topic,
+    position)`` constraint)."""
+    from ..models import BroadcastMessage, BroadcastTopic
+
+    alias = get_config().broadcast_database
+    messages = BroadcastMessage.objects.using(alias)
+    busiest = (
+        messages.filter(published_at__gte=since)
+        .values("topic")
+        .annotate(n=Count("pk"), last=Max("published_at"))
+        .order_by("-n", "topic")[:TOPICS_TOP]
+    )
+    result: dict[str, tuple[int, float | None]] = {r["topic"]: (r["n"], r["last"]) for r in busiest}
+    missing = [topic for topic in topics if topic not in result]
+    if missing:
+        in_window = (
+            BroadcastMessage.objects.filter(topic=OuterRef("topic"), published_at__gte=since)
+            .order_by()
+            .values("topic")
+            .annotate(c=Count("pk"))
+            .values("c")
+        )
+        latest = BroadcastMessage.objects.filter(topic=OuterRef("topic")).order_by("-position")
+        rows = (
+            BroadcastTopic.objects.using(alias)
+            .filter(topic__in=missing)
+            .annotate(n=Subquery(in_window), last=Subquery(latest.values("published_at")[:1]))
+            .values_list("topic", "n", "last")
+        )
+        for topic, n, last in rows:
+            result[topic] = (n or 0, last)
+    return result
+
+
+def _activity(topics: list[str], since: float) -> tuple[str, dict[str, Any] | None]:
+    """The backend's name and what it can say of recent publishes (``None``: nothing)."""
+    from ..broadcasting.backends import _backend_class, get_backend
+    from ..broadcasting.backends.base import Backend
+
+    try:
+        cls = _backend_class(get_config().broadcast_backend)
+    except Exception:  # not installed or misconfigured: broadcasting says so where used
+        return "?", None
+    name = str(getattr(cls, "name", cls.__name__))
+    if name == "database":  # queried here: no need to make a backend in this process
+        return name, _database_activity(topics, since)
+    if cls.topic_activity is Backend.topic_activity:
+        return name, None  # redis: no cheap per-topic count
+    return name, get_backend().topic_activity(topics, since)
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of a sorted, non-empty list."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def _topics(now: float) -> dict[str, Any]:
+    # Imported here: the history writer uses the models, and this module must load in a
+    # project without the app (``views`` imports it for the metrics view's module).
+    from ._history import broadcast_shared, warn_unshared_broadcast
+
+    me = current_process()
+    subscribers, processes, partial = _subscribers(me)
+    since = now - TOPICS_WINDOW
+    subscribed = [topic for topic, _ in subscribers.most_common(TOPICS_TOP)]
+    backend, activity = _activity(subscribed, since)
+    known = set(subscribers) | set(activity or ())
+    ranked = sorted(
+        known,
+        key=lambda t: (-subscribers[t], -(activity or {}).get(t, (0, None))[0], t),
+    )
+    rows = []
+    for topic in ranked[:TOPICS_TOP]:
+        published, last = (activity or {}).get(topic, (0, None))
+        rows.append({
+            "topic": topic, "subscribers": subscribers[topic],
+            "published": published if activity is not None else None,
+            "last": None if last is None else round(last, 3),
+        })  # fmt: skip
+    lags = sorted(recent_lags.since(since))
+    lag = None
+    if lags:
+        lag = {
+            "p50": round(_percentile(lags, 0.5), 4),
+            "p99": round(_percentile(lags, 0.99), 4),
+            "max": round(lags[-1], 4),
+            "samples": len(lags),
+        }
+    unshared = None
+    if len(processes) > 1 and not broadcast_shared():
+        unshared = sorted(processes)[:10]
+        warn_unshared_broadcast(sorted(processes))
+    return {
+        "window": TOPICS_WINDOW,
+        "backend": backend,
+        "rows": rows,
+        "more": max(0, len(ranked) - TOPICS_TOP),
+        "partial": partial,
+        "lag": lag,
+        "unshared": unshared,
+        "processes": len(processes),
+    }

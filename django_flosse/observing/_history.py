@@ -38,6 +38,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -45,11 +46,26 @@ from django.utils import timezone
 from .. import reasons
 from ..conf import get_config
 from ..terminate import close_lost
-from ._rows import OpenRow, close_rows, db, insert_rows, objects, refresh_rows
-from .log import PERSISTENCE_DROPPED, PERSISTENCE_ERROR, PERSISTENCE_RECOVERED, get_logger
+from ._rows import (
+    OpenRow,
+    close_rows,
+    db,
+    insert_rows,
+    objects,
+    refresh_rows,
+    subscribed_processes,
+    written,
+)
+from .log import (
+    BROADCAST_ONE_PROCESS,
+    PERSISTENCE_DROPPED,
+    PERSISTENCE_ERROR,
+    PERSISTENCE_RECOVERED,
+    get_logger,
+)
 from .registry import Connection, Registry, current_process, registry
 
-__all__ = ["PersistenceWriter", "writer"]
+__all__ = ["PersistenceWriter", "broadcast_shared", "warn_unshared_broadcast", "writer"]
 
 
 #: Connections kept waiting for their first insert while the database is down; beyond it
@@ -59,6 +75,42 @@ MAX_PENDING = 100_000
 ERROR_LOG_INTERVAL = 60.0
 #: Seconds the exit handler waits for a last flush of closed connections.
 EXIT_FLUSH_TIMEOUT = 3.0
+#: Seconds between two looks for subscriptions of another process (``memory`` backend).
+SHARING_CHECK_INTERVAL = 10.0
+#: Seconds between two warnings that the ``memory`` backend is used by several processes.
+SHARING_WARN_INTERVAL = 600.0
+
+_sharing_warned: list[float] = []  # when this process last warned (monotonic)
+
+
+def broadcast_shared() -> bool:
+    """Whether the configured broadcast backend reaches every process (not ``memory``).
+
+    Read from the backend's class: the dashboard must not make a backend (and its reader
+    threads) in a process that only looks.
+    """
+    from ..broadcasting.backends import _backend_class
+
+    try:
+        return _backend_class(get_config().broadcast_backend).shared
+    except (ImportError, ImproperlyConfigured):
+        return True  # broadcasting itself fails loudly where it is used: nothing to add
+
+
+def warn_unshared_broadcast(processes: list[str]) -> bool:
+    """Log ``sse.broadcast.memory_backend_shared``, at most once per process per
+    :data:`SHARING_WARN_INTERVAL`; True if it logged now."""
+    now = time.monotonic()
+    if _sharing_warned and now - _sharing_warned[0] < SHARING_WARN_INTERVAL:
+        return False
+    _sharing_warned[:] = [now]
+    get_logger().warning(
+        BROADCAST_ONE_PROCESS,
+        processes=sorted(processes),
+        hint="BROADCAST_BACKEND 'memory' reaches the streams of its own process only: "
+        "use 'database' or 'redis' when several processes stream",
+    )
+    return True
 
 
 class PersistenceWriter:
@@ -96,6 +148,7 @@ class PersistenceWriter:
         self._failing_since: float | None = None
         self._last_error_log = 0.0
         self._dropped = 0
+        self._last_sharing_check = 0.0
 
     # -- registry notifications (streaming path: no I/O) -----------------------------------
     def connection_opened(self, connection: Connection) -> None:
@@ -142,6 +195,29 @@ class PersistenceWriter:
                 self._last_lost_check = time.monotonic()
                 with contextlib.suppress(Exception):  # logged inside; retried next time
                     close_lost()
+            if time.monotonic() - self._last_sharing_check >= SHARING_CHECK_INTERVAL:
+                self._last_sharing_check = time.monotonic()
+                self.check_broadcast_sharing()
+
+    def check_broadcast_sharing(self) -> None:
+        """Warn when this process streams subscriptions of the ``memory`` broadcast backend
+        while another process does too: each process hears only its own publishes.
+
+        The cheapest place to look: this flush already reads and writes open rows; it looks
+        only while this process has a subscribed connection (so its backend exists), with
+        one indexed query for the other processes' open subscribed rows.
+        """
+        with self._lock:
+            subscribed = any(row.connection.topics for row in self._open.values())
+        if not subscribed or broadcast_shared():
+            return
+        try:
+            others = subscribed_processes(exclude=current_process())
+        except Exception as exc:
+            self._log_failure(exc)
+            return
+        if others:
+            warn_unshared_broadcast([current_process(), *others])
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -162,6 +238,8 @@ class PersistenceWriter:
             self._tracked.clear()
             self._claimed = False
             self._last_lost_check = 0.0
+            self._last_sharing_check = 0.0
+        _sharing_warned.clear()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread (it is started again by the next connection)."""
@@ -228,6 +306,10 @@ class PersistenceWriter:
             return True
         now = timezone.now()
         me = current_process()
+        # What the new rows hold at least, read before they are made: a change after this
+        # (a subscription's topics, often set just after the open) differs from it, so the
+        # next refresh writes it.
+        seen = {connection_id: written(c) for connection_id, c in pending.items()}
         try:
             with transaction.atomic(using=db()):
                 if not self._claimed:  # nothing of ours is written yet: none are ours
@@ -250,7 +332,7 @@ class PersistenceWriter:
                 self._tracked.discard(connection_id)
             self._open.update(moved)
             self._open.update(
-                (c.id, OpenRow(c, pk, (c.events_sent, c.bytes_sent, c.last_event_at)))
+                (c.id, OpenRow(c, pk, seen[c.id]))
                 for c, pk, was_closed in inserted
                 if not was_closed and c.id not in finished
             )

@@ -22,6 +22,7 @@ from django.db import DataError, IntegrityError, connections, models, router, tr
 from django.db.models import ForeignKey
 from django.utils import timezone
 
+from ..broadcasting._messages import MAX_TOPICS
 from ..models import StreamConnection
 from .log import PERSISTENCE_DROPPED, get_logger
 from .registry import Connection, current_process
@@ -38,13 +39,22 @@ __all__ = [
     "insert_rows",
     "objects",
     "refresh_rows",
+    "row_topics",
+    "subscribed_processes",
     "update_each",
+    "written",
 ]
 
 #: Rows per INSERT/UPDATE statement (well under SQLite's variable limit).
 BATCH_SIZE = 500
 
-_COUNTER_FIELDS = ["events_sent", "bytes_sent", "last_event_at"]
+#: Fields an open row's refresh writes when they moved. ``topics`` is one of them: a view
+#: calls ``subscribe()`` after its connection opened (and its row may be written already).
+_COUNTER_FIELDS = ["events_sent", "bytes_sent", "last_event_at", "topics"]
+#: The most ``StreamConnection.topics`` holds: every topic a subscription may name (128
+#: characters each, one space between). A TextField has no limit of its own; this keeps a
+#: row bounded whatever the registry holds.
+TOPICS_MAX_LENGTH = MAX_TOPICS * 129 - 1
 _CLOSE_FIELDS = [*_COUNTER_FIELDS, "closed_at", "close_reason", "error_id", "last_seen_at"]
 
 
@@ -81,6 +91,25 @@ def _user_pk(value: str | None) -> Any:
         return None
 
 
+def row_topics(topics: Sequence[str]) -> str:
+    """``topics`` as the column holds them: space-separated, whole topics only, at most
+    :data:`TOPICS_MAX_LENGTH` characters (topics never contain a space)."""
+    text = _text(" ".join(topics), TOPICS_MAX_LENGTH + 1)
+    if len(text) > TOPICS_MAX_LENGTH:
+        text = text.rsplit(" ", 1)[0]  # a cut topic goes; a whole one before a space stays
+    return text
+
+
+def written(connection: Connection) -> tuple[int, int, float | None, tuple[str, ...]]:
+    """What a refresh compares with the row: read once (the stream may move meanwhile)."""
+    return (
+        connection.events_sent,
+        connection.bytes_sent,
+        connection.last_event_at,
+        connection.topics,
+    )
+
+
 def history_row(connection: Connection, now: datetime) -> StreamConnection:
     """The row of ``connection`` as it is now (closed already, or still open)."""
     closed_at = connection.closed_at  # read first: a reason is set before closed_at is
@@ -104,6 +133,7 @@ def history_row(connection: Connection, now: datetime) -> StreamConnection:
         close_reason=(connection.close_reason or "") if closed_at is not None else "",
         last_event_id=_text(connection.last_event_id, 512),
         error_id=_text(connection.error_id, 16),
+        topics=row_topics(connection.topics),
     )
 
 
@@ -157,7 +187,7 @@ class OpenRow:
 
     connection: Connection
     pk: Any
-    written: tuple[int, int, float | None]
+    written: tuple[int, int, float | None, tuple[str, ...]]
 
 
 def insert_rows(
@@ -228,20 +258,20 @@ def close_rows(
 def refresh_rows(
     known: dict[str, OpenRow], finished: dict[str, Connection], me: str, now: datetime
 ) -> dict[str, OpenRow]:
-    """Write moved counters; mark every open row of this process as seen now."""
+    """Write moved counters (and topics); mark every open row of this process as seen now."""
     moved: dict[str, OpenRow] = {}
     objs = []
     for connection_id, row in known.items():
-        c = row.connection
-        counters = (c.events_sent, c.bytes_sent, c.last_event_at)
+        counters = written(row.connection)
         if connection_id in finished or counters == row.written:
             continue
-        moved[connection_id] = OpenRow(c, row.pk, counters)
+        moved[connection_id] = OpenRow(row.connection, row.pk, counters)
         obj = StreamConnection(
             pk=row.pk,
             events_sent=counters[0],
             bytes_sent=counters[1],
             last_event_at=None if counters[2] is None else as_datetime(counters[2]),
+            topics=row_topics(counters[3]),
         )
         objs.append(obj)
     if objs:
@@ -249,6 +279,20 @@ def refresh_rows(
     if any(connection_id not in finished for connection_id in known):
         objects().filter(process=me, closed_at__isnull=True).update(last_seen_at=now)
     return moved
+
+
+def subscribed_processes(exclude: str, limit: int = 10) -> list[str]:
+    """Up to ``limit`` processes other than ``exclude`` with an open subscribed connection
+    (one query on the ``(closed_at, process)`` index)."""
+    return list(
+        objects()
+        .filter(closed_at__isnull=True)
+        .exclude(process=exclude)
+        .exclude(topics="")
+        .order_by("process")
+        .values_list("process", flat=True)
+        .distinct()[:limit]
+    )
 
 
 def db() -> str:

@@ -101,6 +101,13 @@ class LogObserver:
         )
 
     def connection_closed(self, connection: Connection) -> None:
+        broadcast = {}
+        if connection.topics:  # it subscribed: what the broadcast gave it
+            broadcast = {
+                "broadcast_delivered": connection.broadcast_delivered,
+                "broadcast_replayed": connection.broadcast_replayed,
+                "broadcast_resets": connection.broadcast_resets,
+            }
         get_logger().info(
             CONNECTION_CLOSED,
             connection_id=connection.id,
@@ -110,6 +117,7 @@ class LogObserver:
             events=connection.events_sent,
             bytes=connection.bytes_sent,
             error_id=connection.error_id,
+            **broadcast,
         )
 
     def connection_rejected(self, stream: str, reason: str) -> None:

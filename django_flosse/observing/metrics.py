@@ -6,13 +6,17 @@ get these for free; ``flosse:metrics`` serves them too (multiprocess-aware). The
 
 Events and bytes are not counted per event: :class:`MetricsObserver` folds each live
 connection's counters into the Prometheus counters at most once a second (and at close),
-from one background thread, so the hot path never touches a metric lock.
+from one background thread, so the hot path never touches a metric lock. Broadcast
+deliveries are folded the same way (their counters and lag samples live on the
+:class:`~.registry.Connection`, filled by the subscription), and the recent lag samples are
+kept for the admin dashboard (:data:`recent_lags`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -33,6 +37,8 @@ __all__ = [
     "FOLD_INTERVAL",
     "SENT_BYTES",
     "MetricsObserver",
+    "RecentLags",
+    "recent_lags",
 ]
 
 #: Seconds between two folds of live connections' event and byte counters.
@@ -106,6 +112,37 @@ BROADCAST_LAG = Histogram(
 )
 
 
+class RecentLags:
+    """The latest broadcast lag samples of this process, for the dashboard's percentiles.
+
+    Filled by the fold (once a second, never per event) with at most :attr:`keep` samples;
+    the dashboard reads the ones younger than a window. Only this process's live deliveries:
+    Prometheus (``flosse_broadcast_lag_seconds``) has every process's.
+    """
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._samples: deque[tuple[float, float]] = deque(maxlen=keep)
+
+    def add(self, at: float, lags: list[float]) -> None:
+        with self._lock:
+            self._samples.extend((at, lag) for lag in lags[-self.keep :])
+
+    def since(self, start: float) -> list[float]:
+        """The lag samples folded at or after ``start`` (epoch seconds)."""
+        with self._lock:
+            return [lag for at, lag in self._samples if at >= start]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._samples.clear()
+
+
+#: This process's recent lag samples (filled by the metrics observer's fold).
+recent_lags = RecentLags()
+
+
 class MetricsObserver:
     """Keeps the metrics above up to date from the registry's notifications.
 
@@ -116,6 +153,7 @@ class MetricsObserver:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Per live connection, what is already in Prometheus: see _FOLDED_FIELDS.
         self._folded: dict[Connection, list[int]] = {}
         self._thread: threading.Thread | None = None
 
@@ -123,7 +161,7 @@ class MetricsObserver:
         CONNECTIONS_ACTIVE.labels(connection.stream).inc()
         CONNECTIONS_OPENED.labels(connection.stream).inc()
         with self._lock:
-            self._folded[connection] = [0, 0]
+            self._folded[connection] = [0] * len(_FOLDED_FIELDS)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._fold_forever, name="flosse-metrics", daemon=True
@@ -132,7 +170,7 @@ class MetricsObserver:
 
     def connection_closed(self, connection: Connection) -> None:
         with self._lock:
-            _fold(connection, self._folded.pop(connection, [0, 0]))
+            _fold(connection, self._folded.pop(connection, [0] * len(_FOLDED_FIELDS)))
         CONNECTIONS_ACTIVE.labels(connection.stream).dec()
         CONNECTIONS_CLOSED.labels(connection.stream, connection.close_reason or "").inc()
         CONNECTION_DURATION.labels(connection.stream).observe(connection.duration)
@@ -146,7 +184,8 @@ class MetricsObserver:
             self._folded.clear()
 
     def fold(self) -> None:
-        """Fold every live connection's new events and bytes into the counters now."""
+        """Fold every live connection's new events, bytes and broadcast deliveries into the
+        metrics now."""
         # One lock for the whole fold (once a second, never per event), so a connection
         # closing meanwhile cannot fold the same events twice.
         with self._lock:
@@ -170,15 +209,39 @@ class MetricsObserver:
             time.sleep(FOLD_INTERVAL)
 
 
+#: The counters of a connection folded into a counter metric, in the order of ``_folded``.
+_FOLDED_FIELDS = (
+    ("events_sent", EVENTS_SENT),
+    ("bytes_sent", SENT_BYTES),
+    ("broadcast_delivered", BROADCAST_DELIVERED),
+    ("broadcast_replayed", BROADCAST_REPLAYED),
+    ("broadcast_resets", BROADCAST_RESETS),
+)
+
+
 def _fold(connection: Connection, folded: list[int]) -> None:
-    # Read each counter once: the streaming thread may bump it meanwhile.
-    events, sent = connection.events_sent, connection.bytes_sent
-    if events > folded[0]:
-        EVENTS_SENT.labels(connection.stream).inc(events - folded[0])
-        folded[0] = events
-    if sent > folded[1]:
-        SENT_BYTES.labels(connection.stream).inc(sent - folded[1])
-        folded[1] = sent
+    """Add what ``connection`` did since its last fold (called under the observer's lock)."""
+    for i, (name, metric) in enumerate(_FOLDED_FIELDS):
+        # Read each counter once: the streaming thread may bump it meanwhile.
+        now = getattr(connection, name)
+        if now > folded[i]:
+            metric.labels(connection.stream).inc(now - folded[i])
+            folded[i] = now
+    lags = connection.broadcast_lags
+    if lags:
+        # The subscription appends to this list from its own thread or loop, without a
+        # lock. Swapping in a new list could lose a sample: it may have fetched the old
+        # list just before and append to it after we read it. Instead take the first
+        # ``count`` samples and delete exactly those: ``del lags[:count]`` is one atomic
+        # list operation, so samples appended meanwhile stay for the next fold, and each
+        # sample is observed once (one fold at a time: the caller holds the lock).
+        count = len(lags)
+        samples = lags[:count]
+        del lags[:count]
+        histogram = BROADCAST_LAG.labels(connection.stream)
+        for lag in samples:
+            histogram.observe(max(0.0, lag))
+        recent_lags.add(time.time(), samples)
 
 
 #: Seconds without a live connection after which the folding thread stops (it is started

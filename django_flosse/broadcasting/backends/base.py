@@ -240,5 +240,15 @@ class Backend(abc.ABC):
         past ``upto`` may be left out). Reads of the same topic and position that overlap
         in time should share one query."""
 
+    def topic_activity(
+        self, topics: Sequence[str], since: float
+    ) -> dict[str, tuple[int, float | None]] | None:
+        """Optional, for the admin dashboard: per topic of ``topics`` that this backend
+        has, the events published at or after ``since`` (epoch seconds; counted in the
+        history, so at most what it keeps) and when the last one was (``None`` if none is
+        kept). ``None`` (the default): the backend cannot tell cheaply. It must stay cheap:
+        it is called every few seconds while a dashboard is open."""
+        return None
+
     def close(self) -> None:  # noqa: B027 (optional)
         """Stop the backend's threads and connections (tests, settings changes)."""

@@ -104,6 +104,24 @@ class MemoryBackend(Backend):
             messages = [history[i] for i in range(start, min(len(history), start + PAGE_SIZE))]
             return done(Page(messages, complete))
 
+    def topic_activity(
+        self, topics: Sequence[str], since: float
+    ) -> dict[str, tuple[int, float | None]] | None:
+        result: dict[str, tuple[int, float | None]] = {}
+        with self._lock:  # at most BROADCAST_HISTORY steps per topic, newest first
+            for name in topics:
+                topic = self._topics.get(name)
+                if topic is None:
+                    continue
+                history = topic.history
+                count = 0
+                for message in reversed(history):
+                    if message.published_at < since:
+                        break
+                    count += 1
+                result[name] = (count, history[-1].published_at if history else None)
+        return result
+
     def subscribers(self, topic: str) -> int:
         with self._lock:
             return self._fanout.subscribers(topic)

@@ -2,7 +2,9 @@
  * django-flosse live dashboard.
  *
  * Fed by the page's own SSE stream (data-stream-url): one "snapshot" event on connect, then
- * "update" events carrying what changed (cards, total, rows to upsert and to remove). The
+ * "update" events carrying what changed (cards, total, rows to upsert and to remove). Both
+ * may carry "topics", the whole broadcast topics panel (in the snapshot, then when it
+ * changed). Every value from the server is put on the page with textContent, never as HTML. The
  * chart is drawn by chart.js on a <canvas>: no library, no CDN, the admin works offline.
  *
  * EventSource reconnects by itself after a network error; when the browser gives up (an
@@ -30,8 +32,15 @@
     const noRowsEl = root.querySelector("[data-flosse-no-rows]");
     const canvas = root.querySelector("[data-flosse-chart]");
     const csrfForm = root.querySelector("[data-flosse-csrf]");
+    const topicsBody = root.querySelector("[data-flosse-topics]");
+    const noTopicsEl = root.querySelector("[data-flosse-no-topics]");
+    const topicsMoreEl = root.querySelector("[data-flosse-topics-more]");
+    const topicsBackendEl = root.querySelector("[data-flosse-topics-backend]");
+    const lagEl = root.querySelector("[data-flosse-lag]");
+    const unsharedEl = root.querySelector("[data-flosse-unshared]");
 
     const rows = new Map(); // connection id -> {data, tr, cells}
+    let topicRows = []; // [{data, cells}] of the topics panel, for its "ago" times
     let points = []; // [server time in ms, active connections]
     let total = 0;
     let offset = 0; // server clock - browser clock, in ms
@@ -145,13 +154,13 @@
         if (!row) {
             const tr = el("tr");
             tr.dataset.connectionId = data.id;
-            const names = ["stream", "user", "ip", "process", "opened", "duration", "events", "bytes", "last"];
+            const names = ["stream", "user", "ip", "process", "topics", "opened", "duration", "events", "bytes", "last"];
             const cells = {};
             for (const name of names) {
                 const td = el("td");
                 if (name === "duration" || name === "events" || name === "bytes") {
                     td.className = "flosse-num";
-                } else if (name === "stream" || name === "process" || name === "ip") {
+                } else if (name === "stream" || name === "process" || name === "ip" || name === "topics") {
                     td.className = "flosse-mono";
                 }
                 cells[name] = td;
@@ -178,6 +187,8 @@
         c.user.textContent = data.user || "–";
         c.ip.textContent = data.ip || "–";
         c.process.textContent = data.process;
+        c.topics.textContent = data.topics || "–";
+        c.topics.title = data.topics || "";
         c.opened.textContent = clock(data.opened * 1000);
         c.events.textContent = number(data.events);
         c.bytes.textContent = bytes(data.bytes);
@@ -231,6 +242,59 @@
         }
     }
 
+    // ------------------------------------------------------------------ topics panel
+    function seconds(value) {
+        return value < 1 ? Math.round(value * 1000) + "\u00a0ms" : Number(value).toFixed(2) + "\u00a0s";
+    }
+
+    function agoText(epoch) {
+        return epoch ? fmt(T.ago, {time: duration(serverNow() / 1000 - epoch)}) : T.never;
+    }
+
+    function renderTopics(panel) {
+        topicsBody.replaceChildren();
+        topicRows = [];
+        for (const data of panel.rows) {
+            const tr = el("tr");
+            tr.dataset.topic = data.topic;
+            const name = el("td", "flosse-mono", data.topic);
+            const subscribers = el("td", "flosse-num", number(data.subscribers));
+            const published = el(
+                "td",
+                "flosse-num",
+                data.published === null ? T.not_available : number(data.published)
+            );
+            const last = el("td", "", data.published === null ? T.not_available : agoText(data.last));
+            tr.append(name, subscribers, published, last);
+            topicsBody.appendChild(tr);
+            if (data.published !== null) {
+                topicRows.push({data, last});
+            }
+        }
+        noTopicsEl.hidden = panel.rows.length > 0;
+        const notes = [];
+        if (panel.more) {
+            notes.push(fmt(T.more_topics, {count: number(panel.more)}));
+        }
+        if (panel.partial) {
+            notes.push(T.partial);
+        }
+        topicsMoreEl.textContent = notes.join(" ");
+        topicsBackendEl.textContent = panel.backend;
+        lagEl.textContent = panel.lag
+            ? fmt(T.lag, {
+                p50: seconds(panel.lag.p50),
+                p99: seconds(panel.lag.p99),
+                max: seconds(panel.lag.max),
+                samples: number(panel.lag.samples),
+            })
+            : T.lag_none;
+        unsharedEl.hidden = !panel.unshared;
+        unsharedEl.textContent = panel.unshared
+            ? fmt(T.unshared, {count: number(panel.processes), processes: panel.unshared.join(", ")})
+            : "";
+    }
+
     // ------------------------------------------------------------------ chart
     function addPoint(ms, value) {
         points.push([ms, value]);
@@ -258,6 +322,9 @@
         addPoint(snapshot.t * 1000, total);
         renderCards(snapshot.cards);
         renderRows();
+        if (snapshot.topics) {
+            renderTopics(snapshot.topics);
+        }
         drawChart();
         setStatus(T.live, false);
     }
@@ -277,6 +344,9 @@
         }
         renderCards(update.cards);
         renderRows();
+        if (update.topics) {
+            renderTopics(update.topics);
+        }
         addPoint(update.t * 1000, total);
         drawChart();
     }
@@ -317,6 +387,9 @@
     setInterval(() => {
         for (const row of rows.values()) {
             refreshTimes(row);
+        }
+        for (const row of topicRows) {
+            row.last.textContent = agoText(row.data.last);
         }
         drawChart();
     }, 1000);
