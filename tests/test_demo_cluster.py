@@ -157,13 +157,14 @@ NOTES = 4  # notes every stream must receive, in order, with no gap
 RUN_TIMEOUT = 120.0
 
 
-def _engine_to_run(cluster: ModuleType) -> str:
-    for engine, find in (("postgres", cluster.find_postgres), ("redis", cluster.find_redis)):
-        if find() is not None and importlib.util.find_spec(BACKEND_MODULES[engine]) is not None:
-            return engine
-    pytest.skip(
-        "needs PostgreSQL with the database backend, or redis-server with the redis backend"
-    )
+def _require(cluster: ModuleType, engine: str) -> None:
+    find = {"postgres": cluster.find_postgres, "redis": cluster.find_redis}[engine]
+    if find() is None:
+        pytest.skip(f"{engine} is not installed")
+    if importlib.util.find_spec(BACKEND_MODULES[engine]) is None:
+        pytest.skip(f"{BACKEND_MODULES[engine]} does not exist yet")
+    if engine == "redis" and importlib.util.find_spec("redis") is None:
+        pytest.skip("redis-py is not installed (django-flosse[redis])")
 
 
 def _three_free_ports() -> int:
@@ -191,7 +192,8 @@ def _three_free_ports() -> int:
     pytest.fail("no three consecutive free ports")
 
 
-def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
+def _lines(process: subprocess.Popen[str]) -> tuple[queue.Queue[str], threading.Thread]:
+    """The script's output lines, read by a thread (it ends at the script's end)."""
     lines: queue.Queue[str] = queue.Queue()
 
     def read() -> None:
@@ -199,8 +201,9 @@ def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
         for line in process.stdout:
             lines.put(line)
 
-    threading.Thread(target=read, daemon=True).start()
-    return lines
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
 
 
 def _notes(url: str, deadline: float) -> Iterator[tuple[int, str, int]]:
@@ -224,8 +227,9 @@ def _notes(url: str, deadline: float) -> Iterator[tuple[int, str, int]]:
 @pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.timeout(int(RUN_TIMEOUT) + 60)
-def test_one_event_reaches_every_process(cluster: ModuleType) -> None:
-    engine = _engine_to_run(cluster)
+@pytest.mark.parametrize("engine", ["postgres", "redis"])
+def test_one_event_reaches_every_process(cluster: ModuleType, engine: str) -> None:
+    _require(cluster, engine)
     base = _three_free_ports()
     process = subprocess.Popen(
         [
@@ -249,8 +253,8 @@ def test_one_event_reaches_every_process(cluster: ModuleType) -> None:
         start_new_session=True,
     )
     output: list[str] = []
+    lines, reader = _lines(process)
     try:
-        lines = _lines(process)
         deadline = time.monotonic() + RUN_TIMEOUT / 2
         while not output or "Ctrl-C stops everything" not in output[-1]:
             assert time.monotonic() < deadline, "".join(output)
@@ -289,7 +293,13 @@ def test_one_event_reaches_every_process(cluster: ModuleType) -> None:
             try:
                 process.wait(60)
             except subprocess.TimeoutExpired:
-                stop_process(process, 10, 10)
+                stop_process(process, 10, 10)  # type: ignore[arg-type]
+        reader.join(10)
+        assert process.stdout is not None
+        process.stdout.close()
+        while not lines.empty():
+            output.append(lines.get())
+    assert "stopped." in "".join(output), "".join(output)
     assert process.returncode == 0
     for _name, _url, pid in servers:
         assert not pid_alive(int(pid)), f"{_name} (pid {pid}) outlived the script"
