@@ -31,6 +31,7 @@ help:
 	@echo "make demo          run the example project on http://127.0.0.1:$(PORT)/ (PORT=...)"
 	@echo "make demo-wsgi     the same project under gunicorn gthread (DEMO_THREADS=64)"
 	@echo "make demo-load     load a running demo with streaming clients (LOAD_ARGS=...)"
+	@echo "make demo-cluster  broadcast across 2 uvicorn + 1 gunicorn processes on PostgreSQL or Redis"
 	@echo "make test          pytest in .venv, then test-matrix (PYTEST_ARGS=... passed on)"
 	@echo "make test-matrix   pytest once more with Django 6.x on Python 3.12+ (.venv-dj6)"
 	@echo "make bench         side-by-side benchmark into bench/results/ (BENCH_ARGS=...)"
@@ -116,7 +117,7 @@ DEMO_MANAGE := $(PY) example/manage.py
 DEMO_THREADS ?= 64
 LOAD_ARGS ?=
 
-.PHONY: demo-wsgi demo-load
+.PHONY: demo-wsgi demo-load demo-cluster
 
 demo: $(STAMP)
 	$(DEMO_MANAGE) migrate --noinput
@@ -137,6 +138,14 @@ demo-wsgi: $(STAMP)
 # 50 connections over 30 s by default; LOAD_ARGS="--connections 100 --duration 60".
 demo-load: $(STAMP)
 	$(PY) example/load.py --port $(PORT) $(LOAD_ARGS)
+
+# Broadcast across processes (example/cluster.py): a throwaway PostgreSQL (or redis-server)
+# on 127.0.0.1, two uvicorn processes on PORT and PORT+1, gunicorn on PORT+2, and a publisher
+# process; Ctrl-C stops all of them. CLUSTER_ARGS="--engine redis --every 0.5".
+CLUSTER_ARGS ?=
+
+demo-cluster: $(STAMP)
+	@exec $(PY) example/cluster.py --port $(PORT) $(CLUSTER_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -11,6 +11,7 @@ Every process started here is stopped by its pid.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -22,10 +23,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import ServerSentEvent, connect_sse
+from httpx_sse import EventSource, ServerSentEvent, connect_sse
 
 from tests.support.processes import stop_process
 from tests.support.servers import HOST, REPO_ROOT, free_port
@@ -58,9 +60,22 @@ class Demo:
         return [json.loads(line) for line in self.logs().splitlines() if line.strip()]
 
 
+def broadcast_backend() -> str | None:
+    """The demo runs on the default broadcast backend, ``database``; until that backend's
+    module exists in this tree, on ``memory`` (the demo is one process)."""
+    if importlib.util.find_spec("django_flosse.broadcasting.backends.database") is None:
+        return "memory"
+    return None
+
+
 def _env(db_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    for name in ("DEMO_DATABASE_URL", "DEMO_BROADCAST_BACKEND", "DEMO_REDIS_URL"):
+        env.pop(name, None)
+    backend = broadcast_backend()
+    if backend is not None:
+        env["DEMO_BROADCAST_BACKEND"] = backend
     env.update(
         {
             # pytest-django exported tests.settings; the demo has its own.
@@ -173,6 +188,7 @@ def test_demo_setup_prints_the_login_and_the_urls(demo: Demo) -> None:
     assert demo.urls == {
         "home (EventSource)": demo.url + "/",
         "htmx page": demo.url + "/htmx/",
+        "broadcast page": demo.url + "/broadcast/",
         "live dashboard": demo.url + "/admin/django_flosse/streamconnection/dashboard/",
         "metrics": demo.url + "/flosse/metrics/",
     }
@@ -197,7 +213,7 @@ def external_resources(html: str) -> list[str]:
 def test_home_page_references_every_stream_and_link(demo: Demo) -> None:
     response = httpx.get(demo.url + "/")
     assert response.status_code == 200
-    for url in [*STREAM_URLS, "/htmx/", "/flosse/metrics/", "/static/demo/home.js"]:
+    for url in [*STREAM_URLS, "/htmx/", "/broadcast/", "/flosse/metrics/", "/static/demo/home.js"]:
         assert url in response.text, url
     assert "/admin/django_flosse/streamconnection/dashboard/" in response.text
     assert external_resources(response.text) == []
@@ -307,6 +323,179 @@ def test_failing_stream_sends_an_error_event_with_an_id(demo: Demo) -> None:
     assert logged, demo.logs()
     assert logged[0]["stream"] == "demo.fail"
     assert "RuntimeError" in str(logged[0]["exception"])
+
+
+# --------------------------------------------------------------------------- broadcast
+
+
+def test_broadcast_page_references_its_streams(demo: Demo) -> None:
+    response = httpx.get(demo.url + "/broadcast/")
+    assert response.status_code == 200
+    for url in ["/stream/news/", "/stream/alerts/", "/broadcast/publish/"]:
+        assert url in response.text, url
+    assert "/static/demo/broadcast.js" in response.text
+    assert external_resources(response.text) == []
+    script = httpx.get(demo.url + "/static/demo/broadcast.js")
+    assert script.status_code == 200
+    assert "lastEventId=" in script.text and "flosse-reset" in script.text
+
+
+def _publish(client: httpx.Client, topic: str, text: str, count: int = 1) -> None:
+    if "csrftoken" not in client.cookies:
+        client.get("/broadcast/")
+    response = client.post(
+        "/broadcast/publish/",
+        data={
+            "topic": topic,
+            "text": text,
+            "count": str(count),
+            "csrfmiddlewaretoken": client.cookies["csrftoken"],
+        },
+        headers={"X-Requested-With": "fetch"},
+    )
+    assert response.status_code == 204, response.text
+
+
+@contextlib.contextmanager
+def _pane(
+    demo: Demo, path: str, *, query: str = "", headers: dict[str, str] | None = None
+) -> Iterator[Iterator[ServerSentEvent]]:
+    """A pane's stream, its ``hello`` read: the events after it (``retry`` frames skipped)."""
+    with (
+        httpx.Client(base_url=demo.url, timeout=10) as client,
+        client.stream("GET", path + query, headers=headers or {}) as response,
+    ):
+        assert response.status_code == 200
+        events = (e for e in EventSource(response).iter_sse() if e.event != "message")
+        hello = next(events)
+        assert hello.event == "hello" and hello.json()["pid"] == demo.pid
+        yield events
+
+
+def _joined(events: Iterator[ServerSentEvent]) -> ServerSentEvent:
+    """The ``flosse-reset`` a made-up id gets: sent once the stream has joined its topic, so
+    that everything published afterwards reaches it (a stream without an id gets only what
+    is published once it has joined, and that instant is not visible from outside)."""
+    reset = next(events)
+    assert reset.event == "flosse-reset"
+    return reset
+
+
+def test_broadcast_reaches_the_subscribed_pane_once_and_resumes(demo: Demo) -> None:
+    notes = lambda events, n: [e.json()["text"] for e in itertools.islice(events, n)]  # noqa: E731
+    with httpx.Client(base_url=demo.url, timeout=10) as publisher:
+        with (
+            _pane(demo, "/stream/news/", query="?lastEventId=made-up") as news,
+            _pane(demo, "/stream/alerts/", query="?lastEventId=made-up") as alerts,
+        ):
+            assert _joined(news).json() == {"topics": ["news"]}
+            assert _joined(alerts).json() == {"topics": ["alerts"]}
+            _publish(publisher, "news", "n1")
+            _publish(publisher, "alerts", "a1")
+            first = next(news)
+            assert (first.event, first.json()["text"]) == ("note", "n1")
+            assert first.json()["pid"] == demo.pid
+            a1 = next(alerts)
+            assert a1.json()["text"] == "a1"  # the news event never reached alerts
+        # The news pane was away: three events were published meanwhile.
+        _publish(publisher, "news", "missed", count=3)
+        with _pane(demo, "/stream/news/", query=f"?lastEventId={first.id}") as news:
+            replayed = list(itertools.islice(news, 3))
+            _publish(publisher, "news", "n2")
+            live = next(news)
+        assert [e.json()["text"] for e in replayed] == [
+            "missed (1/3)",
+            "missed (2/3)",
+            "missed (3/3)",
+        ]
+        assert live.json()["text"] == "n2"
+        # The header does the same (EventSource's own reconnections send it).
+        with _pane(demo, "/stream/news/", headers={"Last-Event-ID": replayed[1].id}) as news:
+            assert notes(news, 2) == ["missed (3/3)", "n2"]
+        # The def view resumes the same way; an id of the other topic cannot be placed.
+        _publish(publisher, "alerts", "a2")
+        with _pane(demo, "/stream/alerts/", query=f"?lastEventId={a1.id}") as alerts:
+            assert notes(alerts, 1) == ["a2"]
+        with _pane(demo, "/stream/alerts/", query=f"?lastEventId={first.id}") as alerts:
+            assert _joined(alerts).json() == {"topics": ["alerts"]}
+
+
+@pytest.mark.slow
+def test_broadcast_page_in_a_browser(demo: Demo) -> None:
+    """Headless Chromium (as tests/test_browser.py runs it) on the broadcast page: publish,
+    disconnect, publish, reconnect with ``?lastEventId=``, and the made-up id's reset."""
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _require_browser
+
+    sync_api = _require_browser()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        lines: list[str] = []
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(10_000)
+            page.on("console", lambda message: lines.append(message.text))
+            page.on("pageerror", lambda error: lines.append(f"pageerror: {error}"))
+            _drive_broadcast_page(page, demo)
+        except BaseException:
+            print(demo.logs()[-5000:], *lines, sep="\n")
+            raise
+        finally:
+            browser.close()
+
+
+def _drive_broadcast_page(page: Any, demo: Demo) -> None:
+    news, alerts = page.locator("#demo-pane-news"), page.locator("#demo-pane-alerts")
+
+    def rows(pane: Any, text: str) -> Any:
+        return pane.locator("tbody tr", has_text=text)
+
+    def publish(topic: str, text: str, count: int = 1) -> None:
+        page.select_option("#demo-publish select[name=topic]", topic)
+        page.fill("#demo-publish input[name=text]", text)
+        page.fill("#demo-publish input[name=count]", str(count))
+        page.click("#demo-publish button[type=submit]")
+        page.wait_for_function(
+            "document.querySelector('#demo-publish input[name=text]').value === ''"
+        )
+
+    page.goto(demo.url + "/broadcast/")
+    for pane in (news, alerts):
+        _expect(pane.locator("[data-role=status]")).to_contain_text(
+            f"connected to process {demo.pid}"
+        )
+        # Joined for sure once the made-up id's reset is there (see _joined above).
+        pane.get_by_role("button", name="Reconnect with a made-up id").click()
+        _expect(rows(pane, "flosse-reset")).to_have_count(1)
+
+    publish("news", "hello news")
+    publish("alerts", "hello alerts")
+    _expect(rows(alerts, "hello alerts")).to_have_count(1)
+    _expect(rows(news, "hello news")).to_have_count(1)
+    assert rows(alerts, "hello news").count() == 0
+
+    # Away: three events missed, then the resume brings exactly those.
+    news.get_by_role("button", name="Disconnect").click()
+    publish("news", "missed", count=3)
+    news.get_by_role("button", name="Reconnect from the last id").click()
+    _expect(news.locator("[data-role=status]")).to_contain_text("resumed from")
+    for n in (1, 2, 3):
+        _expect(rows(news, f"missed ({n}/3)")).to_have_count(1)
+    publish("news", "after the resume")
+    _expect(rows(news, "after the resume")).to_have_count(1)
+    for n in (1, 2, 3):  # still once each: nothing replayed twice
+        assert rows(news, f"missed ({n}/3)").count() == 1
+    # Every row of the last connection came through the resumed one.
+    assert rows(news, "missed").evaluate_all("rs => rs.map(r => r.cells[0].textContent)") == [
+        "3",
+        "3",
+        "3",
+    ]
+
+
+def _expect(locator: Any) -> Any:
+    from playwright.sync_api import expect
+
+    return expect(locator)
 
 
 # --------------------------------------------------------------------------- operators

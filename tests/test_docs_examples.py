@@ -10,6 +10,7 @@ the docs cannot drift from the code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -600,3 +601,380 @@ def test_the_registry_api_example_reads_totals_and_live_connections() -> None:
     finally:
         registry.close(connection, "cancelled")
     assert module.stream_summary()["docs.summary"]["cancelled"] == 1
+
+
+# -- broadcast.md -----------------------------------------------------------------------
+# Every example runs on the memory backend (the page's own advice for tests), in
+# transactional tests: broadcast() waits for the commit, so the test transaction must end.
+
+MEMORY = {"BROADCAST_BACKEND": "memory"}
+WAIT = 10.0  # seconds any one step may take at most (a loaded machine), never a sleep
+
+
+def _subscribers(*topics: str) -> int:
+    from django_flosse.broadcasting.backends import get_backend
+
+    backend = get_backend()
+    return min(backend.subscribers(topic) for topic in topics)  # type: ignore[attr-defined]
+
+
+async def _until_subscribed(*topics: str, count: int = 1) -> None:
+    deadline = time.monotonic() + WAIT
+    while _subscribers(*topics) < count:
+        assert time.monotonic() < deadline, f"no subscriber joined {topics}"
+        await asyncio.sleep(0.005)
+
+
+class _Feed:
+    """An open async stream of a view, read frame by frame (closed by ``close()``)."""
+
+    def __init__(self, response: Any) -> None:
+        assert response.status_code == 200, response.status_code
+        self.content = response.streaming_content
+        self.buffer = b""
+        self.pending: asyncio.Future[bytes] | None = None
+
+    def start(self) -> None:
+        """Ask for the first chunk: the view runs up to its subscription and waits."""
+        self.pending = asyncio.ensure_future(self.content.__anext__())
+
+    async def frames(self, count: int) -> list[str]:
+        got: list[str] = []
+        while len(got) < count:
+            if b"\n\n" in self.buffer:
+                frame, self.buffer = self.buffer.split(b"\n\n", 1)
+                if not frame.startswith(b"retry:"):
+                    got.append(frame.decode())
+                continue
+            if self.pending is None:
+                self.start()
+            assert self.pending is not None
+            chunk = await asyncio.wait_for(self.pending, WAIT)
+            self.pending = None
+            self.buffer += chunk
+        return got
+
+    async def close(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await self.pending
+        await self.content.aclose()
+
+
+def _fields(frame: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in frame.split("\n"))
+
+
+async def _open_order_feed(request: Any) -> _Feed:
+    feed = _Feed(await example("broadcast_views").order_feed(request))
+    feed.start()
+    await _until_subscribed("orders", "user-1")
+    return feed
+
+
+def _pay(order_id: int) -> None:
+    request = rf.post(f"/orders/{order_id}/pay/")
+    request.user = _user()
+    assert example("broadcast_views").pay_order(request, order_id=order_id).status_code == 204
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOSSE=MEMORY)
+async def test_broadcast_publish_subscribe_resume_and_reset() -> None:
+    from asgiref.sync import sync_to_async
+
+    feed = await _open_order_feed(_request(_user()))
+    try:
+        await sync_to_async(_pay)(7)
+        order, receipt = await feed.frames(2)
+    finally:
+        await feed.close()
+    assert _fields(order)["event"] == "order" and _fields(order)["data"] == (
+        '{"id": 7, "status": "paid"}'
+    )
+    assert _fields(receipt)["event"] == "receipt" and _fields(receipt)["data"] == '{"id": 7}'
+    first_id = _fields(order)["id"]
+
+    # Away after the first event; two more are published meanwhile.
+    await sync_to_async(_pay)(8)
+    # Back with the header: the missed events once, in order, then the live ones.
+    resumed = await _open_order_feed(_request_with(_user(), headers={"Last-Event-ID": first_id}))
+    try:
+        replayed = await resumed.frames(3)
+        await sync_to_async(_pay)(9)
+        live = await resumed.frames(2)
+    finally:
+        await resumed.close()
+    # Each topic in its order (a replay sends one topic after the other).
+    got = [(_fields(f)["event"], _fields(f)["data"]) for f in replayed + live]
+    assert [data for event, data in got if event == "order"] == [
+        '{"id": 8, "status": "paid"}',
+        '{"id": 9, "status": "paid"}',
+    ]
+    assert [data for event, data in got if event == "receipt"] == [
+        '{"id": 7}',
+        '{"id": 8}',
+        '{"id": 9}',
+    ]
+    # The query parameter does the same for clients that cannot set headers.
+    order_9 = next(f for f in live if '"id": 9, "status"' in f)  # its receipt came after it
+    by_query = await _open_order_feed(
+        _request_with(_user(), query={"lastEventId": _fields(order_9)["id"]})
+    )
+    try:
+        assert [_fields(f)["data"] for f in await by_query.frames(1)] == ['{"id": 9}']
+    finally:
+        await by_query.close()
+
+    # An id the history cannot place: one flosse-reset, then only new events.
+    reset = await _open_order_feed(_request_with(_user(), headers={"Last-Event-ID": "made-up"}))
+    try:
+        (first,) = await reset.frames(1)
+        await sync_to_async(_pay)(10)
+        after = await reset.frames(1)
+    finally:
+        await reset.close()
+    assert _fields(first)["event"] == "flosse-reset"
+    assert json.loads(_fields(first)["data"]) == {"topics": ["orders", "user-1"]}
+    assert _fields(after[0])["data"] == '{"id": 10, "status": "paid"}'
+
+
+def _request_with(
+    user: Any, headers: dict[str, str] | None = None, query: dict[str, str] | None = None
+) -> Any:
+    request = rf.get("/orders/feed/", query or {}, headers=headers or {})
+    request.user = user
+
+    async def auser() -> Any:
+        return user
+
+    request.auser = auser
+    return request
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOSSE=MEMORY)
+async def test_broadcast_rolled_back_publishes_nothing() -> None:
+    from asgiref.sync import sync_to_async
+    from django.db import transaction
+
+    from django_flosse import broadcast
+
+    def rolled_back() -> None:
+        with contextlib.suppress(RuntimeError), transaction.atomic():
+            broadcast("orders", {"id": 1, "status": "paid"}, event="order")
+            raise RuntimeError("the payment failed")
+
+    feed = await _open_order_feed(_request(_user()))
+    try:
+        await sync_to_async(rolled_back)()
+        await sync_to_async(_pay)(2)
+        order, _receipt = await feed.frames(2)
+    finally:
+        await feed.close()
+    assert _fields(order)["data"] == '{"id": 2, "status": "paid"}'  # and never id 1
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOSSE=MEMORY)
+def test_broadcast_sync_view() -> None:
+    import threading
+
+    request = rf.get("/orders/feed/")
+    request.user = _user()
+    response = example("broadcast_views").order_feed_sync(request)
+    assert response.status_code == 200
+    content = iter(response.streaming_content)
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            deadline = time.monotonic() + WAIT
+            while _subscribers("orders", "user-1") < 1:
+                assert time.monotonic() < deadline, "the sync view never subscribed"
+                time.sleep(0.005)
+            _pay(3)
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+        finally:
+            from django.db import connection
+
+            connection.close()
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        received = b""
+        while received.count(b"\n\n") < 3 and not failures:  # retry, order, receipt
+            received += next(content)
+    finally:
+        publisher.join(WAIT)
+        response.close()
+    assert not failures, failures
+    events = [_fields(f) for f in frames(received.decode()) if not f.startswith("retry:")]
+    assert [(e["event"], e["data"]) for e in events] == [
+        ("order", '{"id": 3, "status": "paid"}'),
+        ("receipt", '{"id": 3}'),
+    ]
+
+
+def _rows(count: int) -> list[Any]:
+    return [SimpleNamespace(save=lambda: None) for _ in range(count)]
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOSSE=MEMORY)
+async def test_broadcast_on_commit_false_publishes_inside_the_transaction() -> None:
+    from asgiref.sync import sync_to_async
+    from django.db import transaction
+
+    from django_flosse import sse_stream, subscribe
+
+    @sse_stream
+    async def import_feed(request: Any) -> Any:
+        async for event in subscribe(request, "import-5"):
+            yield event
+
+    def import_then_roll_back() -> None:
+        with contextlib.suppress(RuntimeError), transaction.atomic():
+            example("broadcast_progress").import_rows(5, _rows(3))
+            raise RuntimeError("the whole import rolls back")
+
+    feed = _Feed(await import_feed(rf.get("/")))
+    feed.start()
+    await _until_subscribed("import-5")
+    try:
+        await sync_to_async(import_then_roll_back)()  # progress published, "done" not
+        await sync_to_async(example("broadcast_progress").import_rows)(5, _rows(1))
+        got = [_fields(f) for f in await feed.frames(5)]
+    finally:
+        await feed.close()
+    assert [(e["event"], e["data"]) for e in got] == [
+        ("progress", '{"done": 1, "of": 3}'),
+        ("progress", '{"done": 2, "of": 3}'),
+        ("progress", '{"done": 3, "of": 3}'),
+        ("progress", '{"done": 1, "of": 1}'),
+        ("done", '{"rows": 1}'),
+    ]
+
+
+async def _topic_feed(*topics: str) -> _Feed:
+    from django_flosse import sse_stream, subscribe
+
+    @sse_stream
+    async def view(request: Any) -> Any:
+        async for event in subscribe(request, *topics):
+            yield event
+
+    feed = _Feed(await view(rf.get("/")))
+    feed.start()
+    await _until_subscribed(*topics)
+    return feed
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOSSE=MEMORY)
+async def test_broadcast_from_a_post_save_handler() -> None:
+    from asgiref.sync import sync_to_async
+    from django.db import transaction
+    from django.db.models.signals import post_save
+
+    handler = example("broadcast_signals").comment_saved
+
+    class Comment:  # the sender; the instance is what a saved Comment would look like
+        pass
+
+    saved = SimpleNamespace(pk=3, article_id=9, author_name="ada")
+
+    def save_in_a_transaction() -> None:
+        with transaction.atomic():
+            post_save.send(sender=Comment, instance=saved, created=False)  # an update: nothing
+            post_save.send(sender=Comment, instance=saved, created=True)
+
+    post_save.connect(handler, sender=Comment, dispatch_uid="docs.comments")
+    feed = await _topic_feed("article-9")
+    try:
+        await sync_to_async(save_in_a_transaction)()
+        (comment,) = await feed.frames(1)
+    finally:
+        await feed.close()
+        post_save.disconnect(sender=Comment, dispatch_uid="docs.comments")
+    assert _fields(comment)["event"] == "comment"
+    assert _fields(comment)["data"] == '{"id": 3, "author": "ada"}'
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOSSE=MEMORY)
+async def test_broadcast_from_a_task_and_an_async_view() -> None:
+    from asgiref.sync import sync_to_async
+
+    tasks = example("broadcast_tasks")
+    user_feed = await _topic_feed("user-4")
+    orders = await _topic_feed("orders")
+    try:
+        await sync_to_async(tasks.export_finished)(4, 31)  # what a Celery worker runs
+        request = rf.post("/webhook/", b'{"order": 12}', content_type="application/json")
+        assert (await tasks.payment_webhook(request)).status_code == 204
+        (export,) = await user_feed.frames(1)
+        (order,) = await orders.frames(1)
+    finally:
+        await user_feed.close()
+        await orders.close()
+    assert _fields(export)["event"] == "export-ready"
+    assert json.loads(_fields(export)["data"]) == {"export": 31, "url": "/exports/31/"}
+    assert _fields(order)["data"] == '{"id": 12, "status": "paid"}'
+
+
+def _flosse_broadcast_exists() -> bool:
+    from django.core.management import get_commands
+
+    return "flosse_broadcast" in get_commands()
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOSSE=MEMORY)
+async def test_broadcast_management_command() -> None:
+    """The page's two command lines, run with call_command in this process."""
+    from asgiref.sync import sync_to_async
+    from django.core.management import call_command
+
+    if not _flosse_broadcast_exists():
+        pytest.skip("the flosse_broadcast management command does not exist yet")
+    page = (DOCS / "broadcast.md").read_text()
+    lines = re.findall(r"^python manage\.py (flosse_broadcast .+)$", page, re.M)
+    assert len(lines) == 2, lines
+    import shlex
+
+    feed = await _topic_feed("orders")
+    try:
+        for line in lines:
+            await sync_to_async(call_command)(*shlex.split(line))
+        plain, parsed = await feed.frames(2)
+    finally:
+        await feed.close()
+    assert "event" not in _fields(plain) and _fields(plain)["data"] == "stock was refreshed"
+    assert _fields(parsed)["event"] == "order"
+    assert _fields(parsed)["data"] == '{"id": 7, "status": "paid"}'
+
+
+BROADCAST_ERRORS = re.findall(
+    r"^>>> (broadcast\(.*\))\nValueError: (.*)$",
+    (DOCS / "broadcast.md").read_text(),
+    re.M,
+)
+
+
+def test_broadcast_page_shows_the_errors() -> None:
+    assert len(BROADCAST_ERRORS) == 4
+
+
+@pytest.mark.parametrize(("call", "message"), BROADCAST_ERRORS)
+@override_settings(FLOSSE=MEMORY)
+def test_broadcast_validation_errors(call: str, message: str) -> None:
+    from django_flosse import broadcast
+
+    with pytest.raises(ValueError) as raised:
+        eval(call, {"broadcast": broadcast})
+    assert str(raised.value) == message

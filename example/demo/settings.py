@@ -5,6 +5,10 @@ Environment variables (all optional):
 - ``DEMO_DB``: path of the SQLite database (default ``example/db.sqlite3``); the tests
   point it at a temporary file.
 - ``DEMO_LOG_LEVEL``: level of the console log (default ``INFO``).
+- ``DEMO_DATABASE_URL``: ``postgresql://user@host:port/name`` to use PostgreSQL instead of
+  SQLite (``make demo-cluster`` sets it).
+- ``DEMO_BROADCAST_BACKEND``: ``FLOSSE["BROADCAST_BACKEND"]`` (default: the documented
+  default, ``database``); ``DEMO_REDIS_URL``: the ``redis`` backend's server.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from demo.logconf import JSON_FORMATTER, configure_structlog
 
@@ -71,6 +76,16 @@ DATABASES = {
         "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
     }
 }
+if os.environ.get("DEMO_DATABASE_URL"):
+    _pg = urlsplit(os.environ["DEMO_DATABASE_URL"])
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": _pg.hostname or "127.0.0.1",
+        "PORT": str(_pg.port or 5432),
+        "NAME": _pg.path.lstrip("/"),
+        "USER": unquote(_pg.username or "postgres"),
+        "PASSWORD": unquote(_pg.password or ""),
+    }
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -89,6 +104,12 @@ LOGIN_URL = "admin:login"
 FLOSSE: dict[str, object] = {
     "HEARTBEAT": 10,
 }
+# The broadcast page runs on the default backend, "database": here SQLite, polled every
+# BROADCAST_POLL_INTERVAL (0.25 s). make demo-cluster picks PostgreSQL or Redis.
+if os.environ.get("DEMO_BROADCAST_BACKEND"):
+    FLOSSE["BROADCAST_BACKEND"] = os.environ["DEMO_BROADCAST_BACKEND"]
+if os.environ.get("DEMO_REDIS_URL"):
+    FLOSSE["BROADCAST_REDIS_URL"] = os.environ["DEMO_REDIS_URL"]
 
 # --------------------------------------------------------------------------- logging
 # JSON on the console, one object per line, for django-flosse's events (sse.connection.*)

@@ -1,4 +1,4 @@
-"""URLs of the demo: two pages, the streams they open, django-flosse's metrics, the admin."""
+"""URLs of the demo: three pages, the streams they open, django-flosse's metrics, the admin."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ urlpatterns = [
     path("stream/resume/", views.resume, name="resume"),
     path("stream/fail/", views.fail, name="fail"),
     path("stream/htmx/", views.htmx_stream, name="htmx_stream"),
+    path("broadcast/", views.broadcast_page, name="broadcast"),
+    path("broadcast/publish/", views.publish, name="publish"),
+    path("stream/news/", views.news, name="news"),
+    path("stream/alerts/", views.alerts, name="alerts"),
     # flosse:metrics, Prometheus' text format (loopback and staff only by default).
     path("flosse/", include("django_flosse.urls")),
     # The admin, with the live dashboard at admin:django_flosse_dashboard.

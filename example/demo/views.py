@@ -15,6 +15,11 @@ URL            view                      shows
 ``fail``       ``async def``             an exception becomes one ``error`` event with an
                                          error id (the same id is in the JSON log)
 ``htmx``       ``async def``             HTML fragments for the htmx ``sse`` extension
+``news``       ``async def``, broadcast  ``subscribe()`` to the ``news`` topic: events
+                                         published by ``broadcast()`` in any process,
+                                         resumed exactly once after a reconnect
+``alerts``     ``def``, broadcast        the same for the ``alerts`` topic, in a ``def``
+                                         view (``yield from subscribe(...)``)
 =============  ========================  ==================================================
 
 django-flosse streams every one of them event by event under uvicorn (``make demo``) and
@@ -24,18 +29,19 @@ under gunicorn's gthread worker (``make demo-wsgi``).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from demo.models import Message
-from django_flosse import SSEEvent, sse_stream
+from django_flosse import SSEEvent, broadcast, sse_stream, subscribe
 from django_flosse.observing.registry import registry
 
 #: Seconds between two polls of the message table by the feed.
@@ -51,6 +57,11 @@ RESUME_LAST = 30
 
 STREAM_PREFIX = "demo."
 
+#: The broadcast page's topics (a fixed list: the views decide the topics, never the client).
+TOPICS = ("news", "alerts")
+#: Events the broadcast page's form may publish at once.
+MAX_BURST = 20
+
 
 # --------------------------------------------------------------------------- pages
 def home(request: HttpRequest) -> HttpResponse:
@@ -60,6 +71,10 @@ def home(request: HttpRequest) -> HttpResponse:
 
 def htmx_page(request: HttpRequest) -> HttpResponse:
     return render(request, "demo/htmx.html")
+
+
+def broadcast_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "demo/broadcast.html", {"topics": TOPICS, "pid": os.getpid()})
 
 
 @require_POST
@@ -203,3 +218,46 @@ async def htmx_stream(request: HttpRequest) -> AsyncIterator[tuple[str, str]]:
 
 
 # --8<-- [end:htmx]
+
+
+# --------------------------------------------------------------------------- broadcast
+# --8<-- [start:broadcast]
+@require_POST
+def publish(request: HttpRequest) -> HttpResponse:
+    """Publish the form's text to a topic, ``count`` times: every subscribed pane, in every
+    tab and every server process, gets each event once."""
+    topic = request.POST.get("topic", "")
+    text = request.POST.get("text", "").strip()[:200]
+    try:
+        count = min(max(int(request.POST.get("count", "1")), 1), MAX_BURST)
+    except ValueError:
+        count = 1
+    if topic not in TOPICS or not text:
+        return HttpResponseBadRequest("a topic of the list and some text, please")
+    for n in range(1, count + 1):
+        label = text if count == 1 else f"{text} ({n}/{count})"
+        broadcast(topic, {"text": label, "pid": os.getpid()}, event="note")
+    return HttpResponse(status=204)
+
+
+def _hello() -> tuple[str, dict[str, Any]]:
+    # Not a broadcast: which process serves this connection (make demo-cluster has three).
+    return ("hello", {"pid": os.getpid()})
+
+
+@sse_stream(name="demo.news", retry=1000)
+async def news(request: HttpRequest) -> AsyncIterator[Any]:
+    """The ``news`` topic, in an ``async def`` view."""
+    yield _hello()
+    async for event in subscribe(request, "news"):
+        yield event  # its id is what the page sends back to resume
+
+
+@sse_stream(name="demo.alerts", retry=1000)
+def alerts(request: HttpRequest) -> Iterator[Any]:
+    """The ``alerts`` topic, in a ``def`` view: the same, with ``yield from``."""
+    yield _hello()
+    yield from subscribe(request, "alerts")
+
+
+# --8<-- [end:broadcast]

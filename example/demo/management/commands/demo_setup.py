@@ -45,6 +45,7 @@ class Command(BaseCommand):
             "",
             f"  home (EventSource):  {base}{reverse('home')}",
             f"  htmx page:           {base}{reverse('htmx')}",
+            f"  broadcast page:      {base}{reverse('broadcast')}",
             f"  live dashboard:      {base}{reverse('admin:django_flosse_dashboard')}",
             f"  metrics:             {base}{reverse('flosse:metrics')}",
             "",
