@@ -36,7 +36,7 @@ class IdFormat:
         format_position: Callable[[Any], str],
         parse_position: Callable[[str], Any],
     ) -> None:
-        digest = salted_hmac(_SALT, "\n".join(topics)).hexdigest()[:12]
+        digest = salted_hmac(_SALT, "\n".join(topics), algorithm="sha256").hexdigest()[:12]
         self.prefix = f"{tag}.{digest}."
         self.topics = tuple(topics)
         self._format = format_position
