@@ -508,3 +508,33 @@ def test_the_history_is_trimmed_and_expires(redis: RedisServer) -> None:
             ttl = client.ttl("flosse:topic:trim")
     assert 50 <= length < 400  # approximate: at least the history, whole nodes removed
     assert 0 < ttl <= 600
+
+
+# --------------------------------------------------------------------------- docs/async.md
+
+
+async def test_the_async_page_pubsub_example_runs_on_redis(redis: RedisServer) -> None:
+    """The ``broadcast``/``subscribe`` example of docs/async.md, against this Redis."""
+    import re
+    from pathlib import Path
+
+    from django_flosse.testing import acollect_events
+
+    page = (Path(__file__).parent.parent / "docs" / "async.md").read_text()
+    section = page.split("## Pub/sub", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert code is not None and "subscribe(request" in code[1]
+    namespace: dict[str, Any] = {}
+    exec(compile(code[1], "docs/async.md", "exec"), namespace)
+
+    response = await namespace["chat_feed"](request())
+    collecting = asyncio.ensure_future(acollect_events(response, max_events=2, timeout=WAIT))
+    await asyncio.to_thread(joined, "chat")
+    await namespace["post_message"]("hello")
+    await namespace["post_message"]("again")
+    events = await collecting
+    assert [(e.event, e.json()) for e in events] == [
+        ("message", {"text": "hello"}),
+        ("message", {"text": "again"}),
+    ]
+    assert events[0].id.startswith(backend().tag + ".")

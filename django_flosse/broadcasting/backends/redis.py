@@ -61,6 +61,7 @@ from django.core.exceptions import ImproperlyConfigured
 from ...conf import Config
 from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
+from ._loop import LoopThread
 from .base import PAGE_SIZE, Backend, Fanout, Page, Subscriber
 
 __all__ = ["RedisBackend"]
@@ -161,10 +162,9 @@ class RedisBackend(Backend):
         super().__init__(config)
         self._redis = _import_redis()
         self._where = _redacted(config.broadcast_redis_url)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread(
+            "flosse-broadcast-redis", setup=self._setup, main=self._run, cleanup=self._cleanup
+        )
         self._epoch: str | None = None
         # Shared history reads in flight, by (topic, after).
         self._reads_lock = threading.Lock()
@@ -266,10 +266,7 @@ class RedisBackend(Backend):
         return _parse_id(reply["last-generated-id"]) or (0, 0)
 
     def leave(self, subscriber: Subscriber) -> None:
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # closed: nothing to leave
-                loop.call_soon_threadsafe(self._forget, subscriber)
+        self._thread.call_soon(self._forget, subscriber)
 
     def _forget(self, subscriber: Subscriber) -> None:
         self._fanout.remove(subscriber)
@@ -313,27 +310,10 @@ class RedisBackend(Backend):
     def _submit(
         self, make: Callable[[], Coroutine[Any, Any, Any]]
     ) -> concurrent.futures.Future[Any]:
-        """Run the coroutine ``make()`` on the loop thread (started on first use)."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("this redis broadcast backend is closed")
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = self._start()
-            return asyncio.run_coroutine_threadsafe(make(), loop)
+        return self._thread.submit(make)
 
-    def _start(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._thread_main, args=(loop, ready), name="flosse-broadcast-redis", daemon=True
-        )
-        self._thread.start()
-        ready.wait()
-        return loop
-
-    def _thread_main(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
-        asyncio.set_event_loop(loop)
+    def _setup(self) -> None:
+        """On the loop thread, before anything runs there: the client is bound to it."""
         redis = self._redis
         self._client = redis.asyncio.Redis.from_url(
             self.config.broadcast_redis_url,
@@ -342,42 +322,15 @@ class RedisBackend(Backend):
             retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
         )
         self._wake = asyncio.Event()
-        ready.set()
-        try:
-            loop.run_until_complete(self._run())
-        finally:
-            loop.run_until_complete(self._shutdown())
-            loop.close()
 
-    async def _shutdown(self) -> None:
+    async def _cleanup(self) -> None:
         for subscriber in list(self._members):
-            subscriber.close()
+            subscriber.close()  # their streams end; the clients reconnect to a new backend
         self._members.clear()
-        current = asyncio.current_task()
-        for _round in range(3):  # what the cancelled tasks start in their cleanup, too
-            tasks = [task for task in asyncio.all_tasks() if task is not current]
-            if not tasks:
-                break
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.aclose()
-        await asyncio.sleep(0)  # the connections' own closing callbacks
-        loop = asyncio.get_running_loop()
-        await loop.shutdown_asyncgens()
-        await loop.shutdown_default_executor()  # getaddrinfo for a host name
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._stop)
-        thread.join(CLOSE_TIMEOUT)
+        self._thread.close(self._stop, CLOSE_TIMEOUT)
 
     def _stop(self) -> None:
         self._stopping = True
