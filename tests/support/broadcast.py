@@ -1,0 +1,168 @@
+"""Helpers for the broadcast tests: in-process subscribers, a PostgreSQL alias, SSE readers.
+
+- ``Collector``: a sync ``subscribe()`` iterated in a thread of the test process, recording
+  the events it yields (bounded waits; ``stop()`` closes the subscription).
+- ``pg_alias``: adds a Django database alias (``"pg"``) for the cluster of
+  ``tests/support/postgres.py`` to the running test process, and removes it afterwards.
+- ``SSEReader``: one SSE stream of a real server read in a thread (httpx), its events
+  parsed; ``last_id`` is what a reconnecting browser would send back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from tests.support.observe import wait_until
+
+WAIT = 30.0  # seconds any single condition may take on a loaded machine
+
+
+class Collector(threading.Thread):
+    """``subscribe(request, *topics)`` iterated with ``for`` in a thread of its own."""
+
+    def __init__(self, *topics: str, last_id: str = "", query_id: str = "") -> None:
+        super().__init__(name=f"collector {topics}", daemon=True)
+        from django.test import RequestFactory
+
+        from django_flosse import subscribe
+
+        extra = {"HTTP_LAST_EVENT_ID": last_id} if last_id else {}
+        request = RequestFactory().get("/", {"lastEventId": query_id} if query_id else {}, **extra)
+        self.subscription = subscribe(request, *topics)
+        self.events: list[Any] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for event in self.subscription:
+                self.events.append(event)
+        except BaseException as exc:  # shown by the test that waits on it
+            self.error = exc
+
+    def wait_for(self, count: int, timeout: float = WAIT) -> list[Any]:
+        wait_until(lambda: len(self.events) >= count or self.error is not None, timeout)
+        if self.error is not None:
+            raise AssertionError(f"the subscription failed: {self.error!r}") from self.error
+        assert len(self.events) >= count, f"{len(self.events)} of {count} events: {self.data()}"
+        return self.events
+
+    def data(self) -> list[str]:
+        return [event.data for event in self.events]
+
+    def stop(self) -> None:
+        self.subscription.close()
+        self.join(10)
+        assert not self.is_alive(), "the subscription did not end after close()"
+
+
+@contextlib.contextmanager
+def pg_alias(cluster: Any, alias: str = "pg") -> Iterator[str]:
+    """A database alias of this process for ``cluster`` (the tables are migrated)."""
+    from django.db import connections
+
+    env = cluster.env()
+    configured = connections.configure_settings(
+        {
+            "default": dict(connections.settings["default"]),
+            alias: {
+                "ENGINE": "django.db.backends.postgresql",
+                "HOST": env["FLOSSE_PG_HOST"],
+                "PORT": env["FLOSSE_PG_PORT"],
+                "NAME": env["FLOSSE_PG_NAME"],
+                "USER": env["FLOSSE_PG_USER"],
+            },
+        }
+    )
+    connections.settings[alias] = configured[alias]
+    try:
+        yield alias
+    finally:
+        connections[alias].close()
+        del connections[alias]
+        del connections.settings[alias]
+
+
+def parse_sse(lines: list[str]) -> list[dict[str, str]]:
+    """The events of some SSE lines (comments skipped; data lines joined)."""
+    events, current = [], {}  # type: ignore[var-annotated]
+    for line in lines:
+        if not line:
+            if current:
+                events.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            current[name] = current[name] + "\n" + value if name in current else value
+    return events
+
+
+class SSEReader(threading.Thread):
+    """An SSE stream read in a thread; ``events`` are its complete events so far."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(name=f"sse {url}", daemon=True)
+        self.url = url
+        self.headers = headers or {}
+        self.lines: list[str] = []
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self.ended = threading.Event()
+        self._leave = threading.Event()
+
+    def run(self) -> None:
+        try:
+            timeout = httpx.Timeout(10.0, read=60.0)
+            with (
+                httpx.Client(timeout=timeout) as client,
+                client.stream("GET", self.url, headers=self.headers) as response,
+            ):
+                self.status = response.status_code
+                for line in response.iter_lines():
+                    self.lines.append(line)
+                    if self._leave.is_set():
+                        return
+        except (httpx.HTTPError, OSError) as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+
+    @property
+    def events(self) -> list[dict[str, str]]:
+        complete = list(self.lines)
+        while complete and complete[-1] != "":
+            complete.pop()  # an event is complete at its blank line
+        return [e for e in parse_sse(complete) if "data" in e]
+
+    def data(self, event: str | None = None) -> list[str]:
+        return [e["data"] for e in self.events if event is None or e.get("event") == event]
+
+    @property
+    def last_id(self) -> str:
+        ids = [e["id"] for e in self.events if "id" in e]
+        return ids[-1] if ids else ""
+
+    def started(self, timeout: float = WAIT) -> bool:
+        """The response headers arrived (the view runs; it subscribes right after)."""
+        return (
+            wait_until(lambda: self.status is not None or self.ended.is_set(), timeout) is not None
+        )
+
+    def leave(self) -> None:
+        self._leave.set()
+        self.join(15)
+
+
+def wait_all(readers: list[SSEReader], counts: list[int], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    for reader, count in zip(readers, counts, strict=True):
+        left = max(0.0, deadline - time.monotonic())
+        if wait_until(lambda r=reader, c=count: len(r.data()) >= c, left) is None:
+            return False
+    return True
