@@ -6,10 +6,12 @@
   ``tests/support/postgres.py`` to the running test process, and removes it afterwards.
 - ``SSEReader``: one SSE stream of a real server read in a thread (httpx), its events
   parsed; ``last_id`` is what a reconnecting browser would send back.
+- ``stamped_stream``: an asyncio SSE reader that measures publish-to-receive lags.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 
 from tests.support.observe import wait_until
+from tests.support.servers import HOST
 
 WAIT = 30.0  # seconds any single condition may take on a loaded machine
 
@@ -159,10 +162,33 @@ class SSEReader(threading.Thread):
         self.join(15)
 
 
-def wait_all(readers: list[SSEReader], counts: list[int], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    for reader, count in zip(readers, counts, strict=True):
-        left = max(0.0, deadline - time.monotonic())
-        if wait_until(lambda r=reader, c=count: len(r.data()) >= c, left) is None:
-            return False
-    return True
+async def stamped_stream(
+    port: int, path: str, joined: list[bool], count: int, lags: list[float], timeout: float
+) -> list[str]:
+    """Read one SSE stream until ``count`` stamped events came (data ``<name> <time.time()
+    at publish>``), appending each one's publish-to-receive lag to ``lags``. A warm-up
+    event (data ``warm...``) appends True to ``joined``: the subscriber has joined."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    # HTTP/1.0: the body is the stream itself, no chunk framing between the lines.
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: {HOST}:{port}\r\n\r\n".encode())
+    names: list[str] = []
+    warm = False
+    try:
+        async with asyncio.timeout(timeout):
+            while len(names) < count:
+                line = await reader.readline()
+                if not line:
+                    break
+                if not line.startswith(b"data: "):
+                    continue
+                if line.startswith(b"data: warm"):
+                    if not warm:
+                        warm = True
+                        joined.append(True)
+                    continue
+                name, stamp = line[6:].split()
+                lags.append(time.time() - float(stamp))
+                names.append(name.decode())
+    finally:
+        writer.close()
+    return names
