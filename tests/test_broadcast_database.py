@@ -184,6 +184,64 @@ def test_on_commit_false_publishes_at_once_even_if_the_transaction_rolls_back(
     assert [body for _, body in db.messages("now")] == _bodies(["independent"])
 
 
+def test_a_postgresql_notification_wakes_the_reader_between_two_polls(db: Setup) -> None:
+    if db.vendor != "postgresql":
+        pytest.skip("only PostgreSQL rings; other databases are polled")
+    from django_flosse.broadcasting._messages import make_draft
+    from django_flosse.broadcasting.backends.database import _store_and_close
+
+    with override_settings(
+        FLOSSE=_flosse(BROADCAST_DATABASE=db.alias, BROADCAST_POLL_INTERVAL=3600)
+    ):
+        watcher = db.watch("bell")
+        listener = db.backend()._listener
+        assert listener is not None and listener.listening.wait(WAIT)
+        draft = make_draft("bell", "rung", None, dumps=str, max_bytes=1000, published_at=0.0)
+        # Stored as another process would: no poke of this process's reader, and no
+        # poll for an hour: only the notification can bring it.
+        thread = threading.Thread(
+            target=_store_and_close, args=(db.alias, [draft], db.backend().config)
+        )
+        thread.start()
+        thread.join(WAIT)
+        watcher.wait_for(1)
+        watcher.stop()
+    assert watcher.data() == ["rung"]
+
+
+def test_an_id_given_out_by_another_process_is_never_ahead_of_a_join(db: Setup) -> None:
+    """A client that reconnects to this process with the id of an event another process
+    already sent resumes there, even before this process's reader has polled it."""
+    from django_flosse.broadcasting._ids import IdFormat
+    from django_flosse.broadcasting._messages import make_draft
+    from django_flosse.broadcasting.backends.database import _store_and_close
+
+    with override_settings(
+        FLOSSE=_flosse(BROADCAST_DATABASE=db.alias, BROADCAST_POLL_INTERVAL=3600)
+    ):
+        watcher = db.watch("ahead")  # the reader tracks the topic, and will not poll
+        backend = db.backend()
+        if backend._listener is not None:
+            backend._listener.close()  # no doorbell either: as if it rang late
+        drafts = [
+            make_draft("ahead", f"e{i}", None, dumps=str, max_bytes=1000, published_at=0.0)
+            for i in range(5)
+        ]
+        # Published by "another process" (no poke of this one's reader).
+        thread = threading.Thread(target=_store_and_close, args=(db.alias, drafts, backend.config))
+        thread.start()
+        thread.join(WAIT)
+        ids = IdFormat(backend.tag, ["ahead"], backend.format_position, backend.parse_position)
+        resumed = Collector("ahead", last_id=ids.format({"ahead": 3}))
+        resumed.start()
+        resumed.wait_for(2)
+        broadcast("ahead", "live")
+        resumed.wait_for(3)
+        resumed.stop()
+        watcher.stop()
+    assert resumed.data() == ["e3", "e4", "live"]
+
+
 # --------------------------------------------------------------------------- subscribers
 async def test_async_and_sync_subscribers_get_every_event_of_their_topics_once_in_order(
     db: Setup,

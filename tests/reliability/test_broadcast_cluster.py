@@ -239,7 +239,13 @@ def test_every_subscriber_gets_its_topics_once_in_order_across_processes_and_a_k
         topics = readers[name].url.split("/")[-2].split(",")
         for topic in topics:
             mine = [d for d in got[name] if d in history[topic]]
-            assert mine == history[topic], (name, topic)
+            assert mine == history[topic], (
+                name,
+                topic,
+                readers[name].events,
+                resumed[name].events if name in resumed else None,
+                history,
+            )
         assert len(got[name]) == len(expected[name]), name  # nothing else, nothing twice
     for reader in resumed.values():
         assert RESET not in [e.get("event") for e in reader.events]

@@ -14,8 +14,9 @@ order). On PostgreSQL the same transaction runs ``pg_notify`` (see ``_pglisten``
 thread that touches the fan-out, and it serves requests (join, leave, read) and deliveries
 one after the other, which is what makes ``join`` exact (see ``base``). Each round it:
 
-1. answers joins: a topic it does not track yet starts at its row's position (0 when it has
-   none); the subscriber's cut is the position the reader has delivered up to;
+1. answers joins: it first catches up on the subscriber's topics (so that the cut is not
+   behind any id a process gave out before), a topic it does not track yet starts at its
+   row's position (0 when it has none); the cut is where the reader has delivered up to;
 2. answers history reads, one query per (topic, position) however many subscribers of this
    process asked for it (a reconnect storm after a deploy costs one read, not thousands);
 3. polls: the positions of the topics it tracks (the rung ones only, between two full polls
@@ -295,7 +296,12 @@ class DatabaseBackend(Backend):
             del self._positions[topic]
 
     def _serve_joins(self, joins: list[tuple[Subscriber, Any]]) -> None:
-        new = {t for subscriber, _ in joins for t in subscriber.topics} - self._positions.keys()
+        wanted = {t for subscriber, _ in joins for t in subscriber.topics}
+        # Catch up on the tracked ones first: the cut must not be behind an id that another
+        # process has already given out (a client reconnecting to this process with it
+        # would look ahead of the history and get a reset).
+        self._poll(sorted(wanted & self._positions.keys()))
+        new = wanted - self._positions.keys()
         if new:
             heads = self._heads(sorted(new))
             for topic in new:
