@@ -11,7 +11,6 @@ Every process started here is stopped by its pid.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
@@ -60,22 +59,11 @@ class Demo:
         return [json.loads(line) for line in self.logs().splitlines() if line.strip()]
 
 
-def broadcast_backend() -> str | None:
-    """The demo runs on the default broadcast backend, ``database``; until that backend's
-    module exists in this tree, on ``memory`` (the demo is one process)."""
-    if importlib.util.find_spec("django_flosse.broadcasting.backends.database") is None:
-        return "memory"
-    return None
-
-
 def _env(db_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     for name in ("DEMO_DATABASE_URL", "DEMO_BROADCAST_BACKEND", "DEMO_REDIS_URL"):
         env.pop(name, None)
-    backend = broadcast_backend()
-    if backend is not None:
-        env["DEMO_BROADCAST_BACKEND"] = backend
     env.update(
         {
             # pytest-django exported tests.settings; the demo has its own.

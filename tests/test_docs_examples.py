@@ -927,12 +927,6 @@ async def test_broadcast_from_a_task_and_an_async_view() -> None:
     assert _fields(order)["data"] == '{"id": 12, "status": "paid"}'
 
 
-def _flosse_broadcast_exists() -> bool:
-    from django.core.management import get_commands
-
-    return "flosse_broadcast" in get_commands()
-
-
 @pytest.mark.django_db(transaction=True)
 @override_settings(FLOSSE=MEMORY)
 async def test_broadcast_management_command() -> None:
@@ -940,8 +934,6 @@ async def test_broadcast_management_command() -> None:
     from asgiref.sync import sync_to_async
     from django.core.management import call_command
 
-    if not _flosse_broadcast_exists():
-        pytest.skip("the flosse_broadcast management command does not exist yet")
     page = (DOCS / "broadcast.md").read_text()
     lines = re.findall(r"^python manage\.py (flosse_broadcast .+)$", page, re.M)
     assert len(lines) == 2, lines
