@@ -119,7 +119,9 @@ class Subscription:
                 elif action is _END:
                     return
                 elif isinstance(action, concurrent.futures.Future):
-                    reply = await asyncio.wrap_future(action)
+                    # Answered already (the memory backend's are): no trip through the loop.
+                    done = action.done()
+                    reply = action.result() if done else await asyncio.wrap_future(action)
                 else:
                     yield action
         finally:

@@ -113,6 +113,11 @@ class Fanout:
         self._routes: dict[str, dict[Subscriber, None]] = {}
 
     def add(self, subscriber: Subscriber) -> None:
+        # A subscriber closes from any thread: first ``closed``, then the backend's
+        # ``leave``. Closed before this add, it is not added; after it, ``leave`` removes
+        # it. Either way nothing is left behind when its connection closes mid-join.
+        if subscriber.closed:
+            return
         subscriber.overflowed = False
         for topic in subscriber.topics:
             self._routes.setdefault(topic, {})[subscriber] = None
@@ -143,7 +148,10 @@ class Fanout:
                 continue
             for subscriber in subscribers:
                 queue = subscriber.queue
-                if subscriber.overflowed or subscriber.closed:
+                if subscriber.overflowed:
+                    continue
+                if subscriber.closed:
+                    dropped.append(subscriber)  # its leave() may not have come yet
                     continue
                 if len(queue) >= subscriber.limit:
                     # From here it reads the history instead (once it has drained its queue).

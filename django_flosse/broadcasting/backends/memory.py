@@ -51,7 +51,8 @@ class MemoryBackend(Backend):
         return str(position)
 
     def parse_position(self, text: str) -> Any:
-        return int(text) if text.isdigit() and len(text) <= 18 else None
+        # isdigit() alone takes "²" (int() refuses it) and Arabic-Indic digits (int() reads them).
+        return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
     def publish(self, drafts: Sequence[Draft], *, independent: bool = False) -> None:
         keep = self.config.broadcast_history

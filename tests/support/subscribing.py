@@ -1,0 +1,132 @@
+"""In-process subscribers for the broadcast tests: requests, a subscriber thread, frames.
+
+A sync ``def`` view iterates its subscription in a thread of its own (the stream's bridge
+runs it there); :class:`Reader` does the same in a test, keeping what arrives in a queue
+the test takes from with a deadline. Every event a subscription yields is an
+``EncodedEvent`` whose bytes go to the client as they are: :func:`parsed` reads those bytes
+back the way a browser does, so a test checks what the client would see.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest
+from django.test import RequestFactory
+
+from django_flosse.broadcasting import RESET_EVENT, Subscription
+from django_flosse.broadcasting.backends import get_backend
+from django_flosse.events import EncodedEvent
+from django_flosse.observing.registry import Connection, registry
+from django_flosse.streaming._clients import attach_to_request
+from django_flosse.testing import Event, parse_events
+
+#: How long a test waits for something that should happen at once (a loaded machine).
+WAIT = 10.0
+
+#: The memory backend, no connection history (these tests open connections without a
+#: database).
+MEMORY = {"BROADCAST_BACKEND": "memory", "PERSISTENCE": False}
+
+
+def use_memory(settings: Any, **extra: Any) -> Any:
+    """Set ``FLOSSE`` (pytest-django's ``settings``) to MEMORY plus ``extra``; the backend."""
+    settings.FLOSSE = {**MEMORY, **extra}
+    return get_backend()
+
+
+def request(last_id: str | None = None, *, query_id: str | None = None) -> HttpRequest:
+    """A GET with a ``Last-Event-ID`` header and/or a ``lastEventId`` query parameter."""
+    params = {"lastEventId": query_id} if query_id is not None else {}
+    headers = {"HTTP_LAST_EVENT_ID": last_id} if last_id is not None else {}
+    return RequestFactory().get("/feed/", params, **headers)
+
+
+def opened_connection(req: HttpRequest, stream: str = "tests.bc") -> Connection:
+    """A connection opened in the registry for ``req``, as ``@sse_stream`` opens one."""
+    connection = Connection(id=uuid.uuid4().hex, stream=stream)
+    assert registry.open(connection) is None
+    attach_to_request(req, connection)
+    return connection
+
+
+def parsed(event: EncodedEvent) -> Event:
+    """The one event a browser reads from ``event``'s bytes (which must agree with its
+    fields: they are what a view that re-yields it would send)."""
+    (one,) = parse_events(event.frame)
+    assert (one.event, one.data, one.id) == (event.event or "message", event.data, event.id)
+    return one
+
+
+def datas(events: list[EncodedEvent]) -> list[str]:
+    """The data of each event, ``"<reset>"`` for a ``flosse-reset``."""
+    return ["<reset>" if e.event == RESET_EVENT else parsed(e).data for e in events]
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def joined(backend: Any, *topics: str, count: int = 1) -> None:
+    """Wait until ``count`` subscribers of each topic are in the backend's fan-out."""
+    for topic in topics:
+        wait_for(lambda t=topic: backend.subscribers(t) == count, f"{count} on {topic!r}")
+
+
+class Reader:
+    """Iterates a subscription in a thread of its own, as a sync view's stream does."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        self.events: queue.Queue[EncodedEvent] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self.subscription:
+                self.events.put(event)
+        except BaseException as exc:  # the test reads it
+            self.error = exc
+
+    def take(self, count: int, timeout: float = WAIT) -> list[EncodedEvent]:
+        """The next ``count`` events (AssertionError if they do not come in time)."""
+        deadline = time.monotonic() + timeout
+        got = []
+        for _ in range(count):
+            try:
+                got.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(
+                    f"got {datas(got)} of {count} events (error: {self.error!r})"
+                ) from None
+        return got
+
+    def take_until(self, data: str, limit: int = 10_000) -> list[EncodedEvent]:
+        """Events up to and including the first whose data is ``data``."""
+        got: list[EncodedEvent] = []
+        for _ in range(limit):
+            got += self.take(1)
+            if got[-1].event != RESET_EVENT and got[-1].data == data:
+                return got
+        raise AssertionError(f"no {data!r} in {limit} events")
+
+    def pending(self) -> int:
+        return self.events.qsize()
+
+    def stop(self) -> None:
+        """Close the subscription (as its connection's close does) and wait for the thread."""
+        self.subscription.close()
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), "the subscriber did not stop"
+        assert self.error is None, self.error
