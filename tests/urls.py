@@ -94,3 +94,4 @@ urlpatterns += [
     path("broadcast/sync/<str:topics>/", views.broadcast_sync),
     path("broadcast/publish/<str:topic>/", views.broadcast_publish),
 ]
+urlpatterns += [path("broadcast/state/", views.broadcast_state)]

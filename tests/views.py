@@ -785,3 +785,26 @@ def broadcast_publish(request: HttpRequest, topic: str) -> HttpResponse:
     """POST: publish the body (a str) to ``topic`` from this server process."""
     broadcast(topic, request.body.decode(), event=request.GET.get("event") or None)
     return HttpResponse("ok")
+
+
+def broadcast_state(request: HttpRequest) -> Any:
+    """JSON: this process's broadcast backend, its subscribers of ``?topics=a,b``, and the
+    topics of every open connection (what the registry and the dashboard show)."""
+    from django.http import JsonResponse
+
+    from django_flosse.broadcasting.backends import get_backend
+    from django_flosse.observing.registry import registry
+
+    backend = get_backend()
+    count = getattr(backend, "subscribers", None)  # the memory backend's
+    topics = [topic for topic in request.GET.get("topics", "").split(",") if topic]
+    return JsonResponse(
+        {
+            "pid": os.getpid(),
+            "backend": backend.name,
+            "subscribers": {topic: count(topic) if count else None for topic in topics},
+            "connections": [
+                {"stream": c.stream, "topics": list(c.topics)} for c in registry.live()
+            ],
+        }
+    )
