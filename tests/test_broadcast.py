@@ -30,7 +30,7 @@ from django_flosse.broadcasting import RESET_EVENT, _subscription
 from django_flosse.broadcasting._ids import IdFormat
 from django_flosse.broadcasting._messages import MAX_TOPICS, Draft
 from django_flosse.broadcasting.backends import get_backend
-from django_flosse.broadcasting.backends.base import Page
+from django_flosse.broadcasting.backends.base import Page, Subscriber, done
 from django_flosse.broadcasting.backends.memory import MemoryBackend
 from django_flosse.events import EncodedEvent
 from django_flosse.formatters import to_sse
@@ -729,3 +729,49 @@ def test_any_broadcast_raises_or_parses_back_exactly(topic: Any, data: Any, even
         assert received.data == _normalised(data)
     else:
         assert json.loads(received.data) == data
+
+
+class LaggingBackend(MemoryBackend):
+    """A process whose reader is one event behind the history (as a database or Redis
+    reader is for a moment after a publish elsewhere): its join's cut is one event back,
+    and that event is not delivered live to the subscribers that join now."""
+
+    def join(self, subscriber: Subscriber) -> concurrent.futures.Future[dict[str, Any]]:
+        cut = super().join(subscriber).result()
+        return done({topic: position - 1 if position else 0 for topic, position in cut.items()})
+
+
+def test_an_id_a_moment_ahead_of_this_process_resumes_without_a_reset(
+    configure: Callable[..., Any],
+) -> None:
+    """A client killed on one server reconnects to another whose reader is a moment behind:
+    its id is real (the history holds it), so it resumes, with no reset and no repeat."""
+    configure(BROADCAST_BACKEND=LaggingBackend)
+    for i in range(1, 4):
+        broadcast("t", str(i))
+    probe = Reader(subscribe(request(), "t"))
+    joined(get_backend(), "t")
+    broadcast("t", "4")
+    head_id = probe.take(1)[0].id
+    probe.stop()
+    resumed = Reader(subscribe(request(head_id), "t"))
+    joined(get_backend(), "t")
+    broadcast("t", "5")
+    assert datas(resumed.take_until("5")) == ["5"]
+    resumed.stop()
+
+
+def test_an_id_ahead_of_the_history_still_resets(configure: Callable[..., Any]) -> None:
+    configure(BROADCAST_BACKEND=LaggingBackend)
+    for i in range(1, 4):
+        broadcast("t", str(i))
+    probe = Reader(subscribe(request(), "t"))
+    joined(get_backend(), "t")
+    broadcast("t", "4")
+    real_id = probe.take(1)[0].id
+    probe.stop()
+    made_up = real_id.rpartition(".")[0] + ".9"
+    resumed = Reader(subscribe(request(made_up), "t"))
+    (reset,) = resumed.take(1)
+    assert reset.event == RESET_EVENT
+    resumed.stop()
