@@ -79,6 +79,7 @@ def _decorate(view_func: ViewT, **kwargs: Any) -> ViewT:
     name = kwargs.pop("name") or f"{view_func.__module__}.{view_func.__qualname__}"
     permission_classes = kwargs.pop("permission_classes")
     options = StreamOptions(name=name, **kwargs)
+    registry.declare(name)  # its metrics exist at zero from the first scrape
     request_index = 1 if _is_method(view_func) else 0
 
     if inspect.isasyncgenfunction(view_func):

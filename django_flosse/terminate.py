@@ -41,8 +41,18 @@ def close_lost() -> int:
     cutoff = timezone.now() - timedelta(seconds=get_config().lost_after)
     stale = _objects().filter(closed_at__isnull=True, last_seen_at__lt=cutoff)
     stale = stale.exclude(process=current_process())
+    count = 0
     try:
-        count: int = stale.update(closed_at=F("last_seen_at"), close_reason=reasons.LOST)
+        # Stream by stream, so that each is counted in the metrics by the process that
+        # closed its rows (the dead process cannot; two processes closing at once each
+        # count only the rows their own UPDATE changed).
+        for stream in stale.values_list("stream", flat=True).distinct().order_by():
+            closed: int = stale.filter(stream=stream).update(
+                closed_at=F("last_seen_at"), close_reason=reasons.LOST
+            )
+            if closed:
+                registry.lost(stream, closed)
+                count += closed
     except Exception:
         get_logger().exception(PERSISTENCE_ERROR, during="close_lost")
         raise

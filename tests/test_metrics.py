@@ -434,3 +434,73 @@ def test_events_are_counted_once_when_the_settings_change_mid_stream() -> None:
         registry.close(connection, reasons.COMPLETED)
     assert sample("flosse_events_sent_total", stream=stream) == 10
     assert sample("flosse_sent_bytes_total", stream=stream) == 100
+
+
+# --------------------------------------------------------------------------- series at zero
+ZERO_SERIES = [
+    ("flosse_connections_active", {}),
+    ("flosse_connections_opened_total", {}),
+    *[("flosse_connections_closed_total", {"reason": r}) for r in reasons.CLOSE_REASONS],
+    *[("flosse_connections_rejected_total", {"reason": r}) for r in reasons.REJECT_REASONS],
+    ("flosse_events_sent_total", {}),
+    ("flosse_sent_bytes_total", {}),
+    ("flosse_connection_duration_seconds_count", {}),
+    ("flosse_connection_duration_seconds_bucket", {"le": "0.1"}),
+    ("flosse_broadcast_delivered_total", {}),
+    ("flosse_broadcast_replayed_total", {}),
+    ("flosse_broadcast_resets_total", {}),
+    ("flosse_broadcast_lag_seconds_count", {}),
+]
+
+
+def test_every_series_of_a_stream_exists_at_zero_once_its_view_is_decorated(
+    client: Client,
+) -> None:
+    """Prometheus takes a series' first sample as its start: a series that appears at its
+    first increment hides that increment from rate() and increase()."""
+    from django_flosse import sse_stream
+
+    name = f"zero.{uuid.uuid4().hex[:8]}"
+    for metric, labels in ZERO_SERIES:
+        assert REGISTRY.get_sample_value(metric, {"stream": name, **labels}) is None
+
+    @sse_stream(name=name)
+    def view(request: Any) -> Any:
+        yield "never called"
+
+    for metric, labels in ZERO_SERIES:
+        assert REGISTRY.get_sample_value(metric, {"stream": name, **labels}) == 0.0, metric
+    body = client.get("/flosse/metrics/").content.decode()
+    assert f'flosse_connections_closed_total{{reason="error",stream="{name}"}} 0.0' in body
+
+
+def test_streams_declared_before_the_wiring_get_their_series_when_wired() -> None:
+    from django_flosse.observing.registry import Registry
+
+    seen: list[str] = []
+
+    class Declared:
+        def stream_declared(self, stream: str) -> None:
+            seen.append(stream)
+
+    fresh = Registry()
+    fresh.declare("early")
+    fresh.declare("early")  # once per stream
+    fresh.wire([Declared(), MetricsObserver()])
+    fresh.declare("late")
+    assert seen == ["early", "late"]
+    assert fresh.declared() == ["early", "late"]
+
+
+def test_an_observer_without_the_optional_notifications_is_fine() -> None:
+    from django_flosse.observing.registry import Registry
+
+    class Minimal:  # only the three required methods
+        def connection_opened(self, connection: Connection) -> None: ...
+        def connection_closed(self, connection: Connection) -> None: ...
+        def connection_rejected(self, stream: str, reason: str) -> None: ...
+
+    fresh = Registry()
+    fresh.wire([Minimal()])
+    fresh.declare("s")
+    fresh.lost("s", 3)

@@ -285,3 +285,42 @@ def test_gunicorn_two_workers_scrape_aggregates_both(
 
     # Both workers wrote their own sample files.
     assert len(list(multiproc_dir.glob("counter_*.db"))) >= 2
+
+
+def _zero_series(samples: Samples, stream: str) -> dict[str, float | None]:
+    found = {}
+    for reason in ("completed", "cancelled", "error", "lost"):
+        key = (
+            "flosse_connections_closed_total",
+            frozenset({("stream", stream), ("reason", reason)}),
+        )
+        found[f"closed {reason}"] = samples.get(key)
+    for reason in ("forbidden", "stream_limit"):
+        key = (
+            "flosse_connections_rejected_total",
+            frozenset({("stream", stream), ("reason", reason)}),
+        )
+        found[f"rejected {reason}"] = samples.get(key)
+    return found
+
+
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["uvicorn", "gunicorn-2-workers"])
+def test_the_first_scrape_has_every_series_at_zero(
+    live_server_factory: Callable[..., LiveServer], tmp_path: Path, multiprocess: bool
+) -> None:
+    """Before any connection, in single-process and multiprocess mode: Prometheus must see
+    the zeros, or increase() misses the first error after every restart."""
+    if multiprocess:
+        multiproc_dir = tmp_path / "prometheus"
+        multiproc_dir.mkdir()
+        server = live_server_factory(
+            "gunicorn",
+            workers=2,
+            threads=2,
+            env={"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir)},
+            extra_args=("-c", str(GUNICORN_CONFIG)),
+        )
+    else:
+        server = live_server_factory("uvicorn")
+    found = _zero_series(scrape(server), "obs.fails")
+    assert found == dict.fromkeys(found, 0.0)

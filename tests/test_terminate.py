@@ -22,6 +22,7 @@ from django_flosse.observing.log import CONNECTIONS_LOST
 from django_flosse.observing.registry import current_process, registry
 from django_flosse.terminate import close_lost, request_stop
 from tests.support.history import open_connection, stale_row
+from tests.support.observe import sample
 
 # -------------------------------------------------------------------------- close_lost
 
@@ -32,8 +33,12 @@ def test_stale_open_rows_of_other_processes_are_closed_as_lost(writer: Persisten
     fresh = stale_row("livehost:2", age=1)
     done = stale_row("deadhost:1", age=60, closed_at=timezone.now(), close_reason="completed")
     mine = stale_row(current_process(), age=60)
+    lost_before = sample("flosse_connections_closed_total", stream=stale.stream, reason="lost")
 
     assert close_lost() == 1
+    # Counted by the process that closed the row: the dead one cannot.
+    lost_after = sample("flosse_connections_closed_total", stream=stale.stream, reason="lost")
+    assert lost_after - lost_before == 1
     stale.refresh_from_db()
     assert stale.close_reason == "lost" and stale.closed_at == stale.last_seen_at
     for other in (fresh, done, mine):
@@ -74,7 +79,10 @@ def test_close_lost_logs_how_many_it_closed_and_nothing_when_none() -> None:
 
 
 @pytest.mark.django_db
+@pytest.mark.django_db
 def test_close_lost_logs_a_database_error_and_raises_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    stale_row("deadhost:1", age=60)  # something to close, so that the UPDATE runs
+
     def down(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("database is locked")
 

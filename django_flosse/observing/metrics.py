@@ -20,6 +20,7 @@ from collections import deque
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .. import reasons
 from .registry import Connection
 
 __all__ = [
@@ -177,6 +178,24 @@ class MetricsObserver:
 
     def connection_rejected(self, stream: str, reason: str) -> None:
         CONNECTIONS_REJECTED.labels(stream, reason).inc()
+
+    def stream_declared(self, stream: str) -> None:
+        """Create every series of ``stream`` at zero (``labels()`` makes a child at 0), so the
+        first scrape has them: Prometheus takes a series' first sample as its start, and
+        ``increase()`` would miss the first close, error or rejection after a restart."""
+        CONNECTIONS_ACTIVE.labels(stream)
+        CONNECTIONS_OPENED.labels(stream)
+        for reason in reasons.CLOSE_REASONS:
+            CONNECTIONS_CLOSED.labels(stream, reason)
+        for reason in reasons.REJECT_REASONS:
+            CONNECTIONS_REJECTED.labels(stream, reason)
+        for metric in (EVENTS_SENT, SENT_BYTES, CONNECTION_DURATION):
+            metric.labels(stream)
+        for metric in (BROADCAST_DELIVERED, BROADCAST_REPLAYED, BROADCAST_RESETS, BROADCAST_LAG):
+            metric.labels(stream)
+
+    def connections_lost(self, stream: str, count: int) -> None:
+        CONNECTIONS_CLOSED.labels(stream, reasons.LOST).inc(count)
 
     def forget(self) -> None:
         """Stop folding the connections seen so far (tests reset the registry under them)."""

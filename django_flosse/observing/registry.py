@@ -161,14 +161,21 @@ class Registry:
         self._wired: list[Observer] = []  # from the settings (``observing.wiring``)
         self._observers: list[Observer] = []  # added with subscribe()
         self._stopping: str | None = None
+        # Streams whose view exists (decorated), in order: their series start at zero.
+        self._declared: dict[str, None] = {}
         #: Called (from inside the ``except``) when an observer raises.
         self.on_observer_error: Callable[[object, str], None] = _log_observer_error
 
     # -- observers ---------------------------------------------------------------------
     def wire(self, observers: Iterable[Observer]) -> None:
-        """Set the observers that come from the settings (replacing the previous ones)."""
+        """Set the observers that come from the settings (replacing the previous ones);
+        they hear of every stream declared so far."""
         with self._lock:
             self._wired = list(observers)
+            wired, declared = self._wired, list(self._declared)
+        for observer in wired:
+            for stream in declared:
+                self._call_optional(observer, "stream_declared", stream)
 
     def subscribe(self, observer: Observer) -> None:
         """Add an observer for this process (in addition to ``FLOSSE["OBSERVERS"]``)."""
@@ -184,6 +191,20 @@ class Registry:
         """Every observer notified: the wired ones, then the subscribed ones."""
         return [*self._wired, *self._observers]
 
+    def _call_optional(self, observer: object, method: str, *args: Any) -> None:
+        handler = getattr(observer, method, None)
+        if handler is None:  # an optional notification this observer does not take
+            return
+        try:
+            handler(*args)
+        except Exception:
+            self.on_observer_error(observer, method)
+
+    def _notify_optional(self, method: str, *args: Any) -> None:
+        for observers in (self._wired, self._observers):
+            for observer in observers:
+                self._call_optional(observer, method, *args)
+
     def _notify(self, method: str, *args: Any) -> None:
         for observers in (self._wired, self._observers):
             for observer in observers:
@@ -193,6 +214,26 @@ class Registry:
                     self.on_observer_error(observer, method)
 
     # -- lifecycle -----------------------------------------------------------------------
+    def declare(self, stream: str) -> None:
+        """A stream exists (its view was decorated), before any connection: observers that
+        take ``stream_declared`` hear of it (the metrics create its series at zero, so that
+        Prometheus's ``rate()`` and ``increase()`` see its first event after a start)."""
+        with self._lock:
+            if stream in self._declared:
+                return
+            self._declared[stream] = None
+        self._notify_optional("stream_declared", stream)
+
+    def declared(self) -> list[str]:
+        """The streams declared in this process, in order."""
+        with self._lock:
+            return list(self._declared)
+
+    def lost(self, stream: str, count: int) -> None:
+        """Count ``count`` connections of ``stream`` that another process closed as ``lost``
+        (their own process died and cannot): observers that take ``connections_lost``."""
+        self._notify_optional("connections_lost", stream, count)
+
     def open(
         self,
         connection: Connection,
