@@ -211,3 +211,29 @@ def test_the_dashboard_shows_what_the_server_did(scraped: tuple[Prometheus, Live
     assert delivered["tests.broadcast_async"] >= 3 + 2  # live, then the replay
     assert by("sum(flosse_broadcast_resets_total)", "")[""] >= 1
     assert by("sum(flosse_broadcast_lag_seconds_count)", "")[""] >= 3
+
+
+def test_increase_counts_the_first_error_after_a_start() -> None:
+    """The series are at 0 before anything happens, so Prometheus has a starting sample and
+    ``increase()`` sees the very first error of a fresh server (it would see nothing if the
+    series appeared at its first increment)."""
+    require("prometheus")
+    server = LiveServer("uvicorn", env={"DJANGO_SETTINGS_MODULE": "tests.settings_monitoring"})
+    server.start()
+    prometheus = Prometheus(f"{HOST}:{server.port}", METRICS_PATH)
+    try:
+        prometheus.start()
+        series = 'flosse_connections_closed_total{stream="obs.fails", reason="error"}'
+        # Two scrapes at zero before the error.
+        assert wait_until(
+            lambda: bool(prometheus.vector(f"count_over_time({series}[1m]) >= 2")), timeout=60
+        ), prometheus.logs()
+        assert prometheus.vector(f"max_over_time({series}[1m])")[0]["value"][1] == "0"
+        assert raw_request(server, "/obs/fails/")[0] == 200  # the first error
+        first = f"increase({series}[1m])"
+        assert wait_until(
+            lambda: any(float(s["value"][1]) >= 1 for s in prometheus.vector(first)), timeout=60
+        ), prometheus.vector(first)
+    finally:
+        prometheus.stop()
+        server.stop()
