@@ -775,3 +775,25 @@ def test_an_id_ahead_of_the_history_still_resets(configure: Callable[..., Any]) 
     (reset,) = resumed.take(1)
     assert reset.event == RESET_EVENT
     resumed.stop()
+
+
+def test_the_memory_backend_forgets_quiet_topics_nobody_subscribes_to(
+    configure: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-user topics must not pile up in memory: once a minute the whole history is
+    trimmed by age, and a topic left empty with no subscriber is forgotten."""
+    import time
+
+    from django_flosse.broadcasting.backends import memory
+
+    backend = configure(BROADCAST_HISTORY_SECONDS=10)
+    monkeypatch.setattr(memory, "SWEEP_SECONDS", 0.0)
+    long_ago = time.time() - 100
+    for topic in ("user-1", "user-2", "watched"):
+        backend.publish([Draft(topic, b"data: old\n\n", long_ago)])
+    watcher = Reader(subscribe(request(), "watched"))
+    joined(backend, "watched")
+    broadcast("fresh", "now")
+    assert sorted(backend._topics) == ["fresh", "watched"]
+    assert len(backend._topics["watched"].history) == 0  # trimmed, kept for its subscriber
+    watcher.stop()

@@ -37,7 +37,7 @@ from ..conf import get_config
 from ..events import EncodedEvent
 from ..observing.log import BROADCAST_RESET, get_logger
 from ..observing.registry import MAX_PENDING_LAGS, Connection
-from ..streaming._clients import connection_of
+from ..streaming._clients import connection_of, last_event_id
 from ._ids import MAX_ID_LENGTH, IdFormat
 from ._messages import MAX_TOPICS, Message, check_topic, reset_event
 from .backends import get_backend
@@ -51,15 +51,6 @@ SYNC_WAIT_SECONDS = 1.0
 _WAIT = object()  # _step: nothing to send until the fan-out delivers
 _END = object()  # _step: the subscription is closed
 _NOTHING = object()
-
-
-def _last_event_id(request: HttpRequest) -> str:
-    meta = getattr(request, "META", None)
-    value = meta.get("HTTP_LAST_EVENT_ID", "") if isinstance(meta, dict) else ""
-    if not value:
-        query = getattr(request, "GET", None)
-        value = query.get("lastEventId", "") if query is not None else ""
-    return value if isinstance(value, str) else ""
 
 
 def subscribe(request: HttpRequest, *topics: str) -> Subscription:
@@ -89,7 +80,7 @@ class Subscription:
             self._backend.tag, names, self._backend.format_position, self._backend.parse_position
         )
         self._limit = get_config().broadcast_buffer
-        self._last_id = _last_event_id(request)[: MAX_ID_LENGTH + 1]
+        self._last_id = last_event_id(request)[: MAX_ID_LENGTH + 1]
         self._connection: Connection | None = connection_of(request)
         if self._connection is not None:
             self._connection.topics = names

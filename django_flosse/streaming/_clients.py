@@ -15,7 +15,13 @@ from django.http import HttpRequest
 from ..conf import Config
 from ..observing.registry import Connection, current_process
 
-__all__ = ["attach_to_request", "client_ip", "connection_for", "connection_of"]
+__all__ = [
+    "attach_to_request",
+    "client_ip",
+    "connection_for",
+    "connection_of",
+    "last_event_id",
+]
 
 # Where the request keeps its stream's connection, for ``subscribe(request, ...)``.
 _CONNECTION_ATTRIBUTE = "_flosse_connection"
@@ -41,7 +47,7 @@ def client_ip(request: HttpRequest, config: Config) -> str | None:
     return _meta(request, "REMOTE_ADDR")[:64] or None
 
 
-def _last_event_id(request: HttpRequest) -> str:
+def last_event_id(request: HttpRequest) -> str:
     """The header, or the ``lastEventId`` query parameter of clients that cannot set it."""
     header = _meta(request, "HTTP_LAST_EVENT_ID")
     if header:
@@ -73,7 +79,7 @@ def connection_for(request: HttpRequest, stream: str, user: Any, config: Config)
         username=username or "",
         client_ip=client_ip(request, config),
         user_agent=_meta(request, "HTTP_USER_AGENT")[:MAX_HEADER_LENGTH],
-        last_event_id=_last_event_id(request)[:MAX_HEADER_LENGTH],
+        last_event_id=last_event_id(request)[:MAX_HEADER_LENGTH],
         process=current_process(),
     )
 

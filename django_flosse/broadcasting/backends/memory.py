@@ -22,6 +22,10 @@ from .base import PAGE_SIZE, Backend, Fanout, Page, Subscriber, done
 __all__ = ["MemoryBackend"]
 
 
+#: Seconds between two trims of every topic's history (publishes trim their own topics).
+SWEEP_SECONDS = 60.0
+
+
 class _Topic:
     __slots__ = ("head", "history")
 
@@ -40,6 +44,7 @@ class MemoryBackend(Backend):
         self._lock = threading.Lock()
         self._topics: dict[str, _Topic] = {}
         self._fanout = Fanout()
+        self._swept_at = 0.0
         # Ids of another process (or of this one before a restart) cannot be placed here.
         self._tag = "m" + secrets.token_hex(3)
 
@@ -66,18 +71,28 @@ class MemoryBackend(Backend):
                 message = Message.of(draft, topic.head)
                 topic.history.append(message)
                 messages.append(message)
-            self._trim(messages[-1].published_at if messages else 0.0)
+            if messages:
+                self._trim(messages[-1].published_at, {draft.topic for draft in drafts})
             self._fanout.deliver(messages)
 
     async def apublish(self, drafts: Sequence[Draft]) -> None:
         self.publish(drafts)  # no I/O: a lock held for microseconds
 
-    def _trim(self, now: float) -> None:
+    def _trim(self, now: float, published: set[str]) -> None:
+        """Drop events older than the history's age: those of the topics just published,
+        and once a minute those of every topic, forgetting topics left empty that nobody
+        subscribes to (per-user topics would otherwise pile up)."""
         oldest = now - self.config.broadcast_history_seconds
-        for topic in self._topics.values():
-            history = topic.history
+        sweep = now - self._swept_at >= SWEEP_SECONDS
+        names = list(self._topics) if sweep else published
+        for name in names:
+            history = self._topics[name].history
             while history and history[0].published_at < oldest:
                 history.popleft()
+            if sweep and not history and not self._fanout.subscribers(name):
+                del self._topics[name]
+        if sweep:
+            self._swept_at = now
 
     def join(self, subscriber: Subscriber) -> concurrent.futures.Future[dict[str, Any]]:
         with self._lock:
