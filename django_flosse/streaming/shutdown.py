@@ -118,9 +118,13 @@ def _hand_on() -> None:
 
 def ensure_installed() -> None:
     """Called as each stream starts; does its work once, on the first stream that runs on
-    the main thread (uvicorn has set its handlers by then). Costs a flag check after that."""
+    the main thread (uvicorn has set its handlers by then). Costs a flag check after that.
+
+    It checks even when ``ready()`` chained both signals: a server may have replaced our
+    handler since (granian's worker, forked with its master's handler, which ``ready()``
+    chains, then sets its loop's own), and then it chains in front of the new one."""
     global _checked_from_a_stream
-    if _checked_from_a_stream or len(_installed) == len(SIGNALS):
+    if _checked_from_a_stream:
         return
     if threading.current_thread() is not threading.main_thread():
         return  # gunicorn's stream threads: ready() chained the worker's handlers already
@@ -128,7 +132,7 @@ def ensure_installed() -> None:
 
     if get_config().shutdown_signals:
         _checked_from_a_stream = True
-        install_signal_handlers()
+        install_signal_handlers(SIGNALS)
 
 
 def install_signal_handlers(signals: tuple[int, ...] = SIGNALS) -> bool:
