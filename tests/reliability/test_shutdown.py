@@ -35,6 +35,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -89,6 +90,10 @@ CUT_CASES = [
     pytest.param("granian-wsgi", 1, ("--workers-kill-timeout", str(CUT_GRACE)), id="granian-wsgi"),
 ]
 CUT_STREAMS = 10  # per view: async and sync
+#: From Python 3.12.1 ``asyncio.Server.wait_closed()`` waits until every connection is
+#: closed, and hypercorn's worker awaits it before its graceful timeout even starts
+#: (hypercorn/asyncio/run.py, ``worker_serve``): with a stream open it never exits.
+HYPERCORN_WORKER_WAITS_FOR_EVER = sys.version_info >= (3, 12, 1)
 
 
 def check_final_frame(stream: RawStream, reason: str) -> int:
@@ -157,6 +162,9 @@ def test_sigterm_where_our_handler_cannot_run_the_server_cuts_the_streams_after_
     server: LiveServer = live_server_factory(
         kind, env=ENV, extra_args=extra, workers=workers, threads=n + 8
     )
+    if kind == "hypercorn" and HYPERCORN_WORKER_WAITS_FOR_EVER:
+        hypercorn_waits_for_ever(server, figure)
+        return
     with showing_logs(server, tail=80):
 
         async def run() -> tuple[list[RawStream], list[int], float]:
@@ -193,6 +201,38 @@ def test_sigterm_where_our_handler_cannot_run_the_server_cuts_the_streams_after_
         # It waited for the streams until its timeout: they never end by themselves.
         assert exited >= CUT_GRACE, exited
         assert exited < CUT_GRACE + GUNICORN_EXIT_BOUND, exited
+
+
+def hypercorn_waits_for_ever(server: LiveServer, figure: Any) -> None:
+    """Python 3.12.1+: past its graceful timeout, hypercorn's worker still serves the streams
+    (the stop is then up to whoever sends SIGKILL: the process manager)."""
+    with showing_logs(server, tail=80):
+
+        async def run() -> None:
+            streams = await open_many(server.port, "/rel/endless/?every=0.5", CUT_STREAMS)
+            streams += await open_many(server.port, "/rel/sync-endless/?every=0.5", CUT_STREAMS)
+            sent = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            await asyncio.sleep(max(0.0, sent + CUT_GRACE + 1 - time.monotonic()))
+            held = [len(s.data) for s in streams]
+            # Every stream still gets events after the grace is over: nothing was cut.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(
+                b"event: tick" in s.data[h:] for s, h in zip(streams, held, strict=True)
+            ):
+                await asyncio.sleep(0.05)
+            late = [b"event: tick" in s.data[h:] for s, h in zip(streams, held, strict=True)]
+            assert all(late), f"{late.count(False)} streams cut after the grace"
+            assert not any(s.eof for s in streams)
+            assert server.returncode is None
+            for stream in streams:
+                stream.rst()
+
+        asyncio.run(run())
+    figure(
+        f"hypercorn --workers 1 on Python {sys.version_info[0]}.{sys.version_info[1]}: SIGTERM "
+        f"-> still streaming {CUT_GRACE + 1} s later, past --graceful-timeout {CUT_GRACE}"
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
