@@ -76,8 +76,8 @@ test: $(STAMP)
 #
 #   .venv        python3 (3.11 in CI)      Django 5.2   the full suite (make test)
 #   .venv-dj6    the newest 3.12+          Django 6.x   the full suite
-#   .venv-py310  3.10                      Django 5.2   MATRIX_PYTEST_ARGS (below)
-#   .venv-py312  3.12                      Django 6.x   MATRIX_PYTEST_ARGS (below)
+#   .venv-py310  3.10                      Django 5.2   the suite but MATRIX_PYTEST_ARGS
+#   .venv-py312  3.12                      Django 6.x   the suite but MATRIX_PYTEST_ARGS
 #
 # Each looks for its interpreter: the XXX_PYTHON variable, then python3.X on PATH, then
 # pyenv's installed versions (their shims fail unless the version is activated, so each
@@ -86,12 +86,14 @@ test: $(STAMP)
 # (CI sets all three). On a machine whose newest Python is 3.12, .venv-dj6 and .venv-py312
 # both run on it.
 #
-# Time (CI has 2 cores): one full run takes about 7 minutes, and the extra interpreters test
-# the same code for the syntax, typing and standard-library differences of their version.
-# So 3.10 and 3.12 skip tests/reliability (thousand-stream rounds, shutdown runs, about a
-# third of a run, each figure measured on 3.11 and 3.13 already) but keep every other
-# test, real servers included: `MATRIX_PYTEST_ARGS=` runs them in full too.
-MATRIX_PYTEST_ARGS ?= --ignore=tests/reliability
+# Time: a full run took 7 to 8 minutes on CI's 2 shared cores (3.10: 6 min 48 s, 3.12:
+# 8 min 07 s), four of them about 30 minutes of CI's 45. The reliability tests stay in on
+# 3.10 and 3.12: they found what only those versions break (3.10: a task's context, 3.12.1:
+# no thread at exit, asyncio.Server.wait_closed). Left out there: the thousand-stream
+# rounds (tests/reliability/test_disconnects.py, about a minute, RSS and object counts on
+# uvicorn) and the benchmark harness's smoke run (tests/test_bench.py): tooling and
+# memory figures, not version-dependent code. `MATRIX_PYTEST_ARGS=` runs everything.
+MATRIX_PYTEST_ARGS ?= --ignore=tests/reliability/test_disconnects.py --ignore=tests/test_bench.py
 REQUIRE_PY310 ?= 0
 REQUIRE_PY312 ?= 0
 PY310_PYTHON ?=
