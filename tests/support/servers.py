@@ -58,8 +58,6 @@ Kind = Literal["uvicorn", "gunicorn", "daphne", "hypercorn", "granian-asgi", "gr
 KINDS: tuple[Kind, ...] = (
     "uvicorn", "gunicorn", "daphne", "hypercorn", "granian-asgi", "granian-wsgi",
 )  # fmt: skip
-#: The kinds that serve ``tests.wsgi`` (the others serve ``tests.asgi``).
-WSGI_KINDS = frozenset({"gunicorn", "granian-wsgi"})
 
 # Every server started and not yet stopped, so the session fixture in conftest.py can stop
 # leftovers (a test that crashed between start() and stop()).
