@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import gc
 import itertools
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -228,7 +227,6 @@ def test_private_loop_is_reused_by_its_thread_and_closed_when_the_thread_ends() 
     assert loops[0].is_closed()  # and closed with its thread
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="one context per stream needs 3.11")
 def test_private_loop_keeps_one_context_across_steps() -> None:
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 

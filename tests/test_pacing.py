@@ -8,6 +8,7 @@ against a fake clock: a table of how long the loop's turns take -> how many turn
 from __future__ import annotations
 
 import asyncio
+import sys
 import types
 from typing import Any
 
@@ -242,6 +243,7 @@ async def test_a_cancelled_task_is_cancel_requested() -> None:
     assert seen == [True]
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout() is new in 3.11")
 async def test_a_producers_own_timeout_is_not_a_cancel_request() -> None:
     async with asyncio.timeout(DEADLINE):  # an outer, unexpired timeout changes nothing
         with pytest.raises(TimeoutError):

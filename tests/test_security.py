@@ -280,9 +280,13 @@ def test_with_debug_the_detail_is_there(url: str) -> None:
     assert payload["message"] == ERROR_MESSAGE
 
 
+#: The servers the raw requests go through.
+REAL_SERVERS = ["uvicorn", "gunicorn", "hypercorn", "granian-asgi", "granian-wsgi"]
+
+
 @pytest.mark.server
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+@pytest.mark.parametrize("kind", REAL_SERVERS)
 @pytest.mark.parametrize(
     "path", ["/security/leaky/", "/security/leaky-async/", "/security/leaky-permission/"]
 )
@@ -501,7 +505,7 @@ RAW_HEADERS = [
 
 @pytest.mark.server
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+@pytest.mark.parametrize("kind", REAL_SERVERS)
 @pytest.mark.parametrize("path", ["/security/echo-last-id/", "/security/echo-last-id-async/"])
 @pytest.mark.parametrize("raw", RAW_HEADERS)
 def test_raw_last_event_id_headers_through_a_real_server(
@@ -521,8 +525,14 @@ def test_raw_last_event_id_headers_through_a_real_server(
         if events[0].event == "resumed":  # the view saw the header whole
             assert events[0].json() == {"length": len(events[0].id or "")}
         if events[0].event == "resumed" and raw.startswith(b"Last-Event-ID: \xff"):
-            # Latin-1 as servers decode headers, then UTF-8 on the wire: one code point per byte.
-            assert events[0].id == "\xff\xfe42"
+            if kind == "granian-wsgi":
+                # granian's WSGI environ has an empty value for a header that is not ASCII:
+                # the view sees no id (and resumes from the start).
+                assert events[0].json() == {"length": 0}
+            else:
+                # Latin-1 as servers decode headers, then UTF-8 on the wire: one code point
+                # per byte.
+                assert events[0].id == "\xff\xfe42"
     # Whatever it was, the server is up and serves the next client.
     assert server.returncode is None
     ok_status, ok_body = raw_request(server, path, b"Last-Event-ID: 7\r\n")

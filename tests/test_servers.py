@@ -1,5 +1,5 @@
-"""End to end: real uvicorn and daphne (ASGI) and gunicorn gthread (WSGI) servers, real SSE
-clients.
+"""End to end: real uvicorn, daphne, hypercorn and granian (ASGI) and gunicorn gthread and
+granian (WSGI) servers, real SSE clients.
 
 Every combination of view (``def`` / ``async def``) and server is checked for what only a real
 server shows: the first event of an endless stream arrives at once, events arrive one by one,
@@ -43,6 +43,7 @@ from tests.support.observe import (
     wait_closed,
 )
 from tests.support.processes import settled_thread_count, thread_count
+from tests.support.servers import KINDS as SERVER_KINDS
 from tests.support.servers import LOGGING_SETTINGS, LiveServer, ServerPool
 from tests.support.wire import raw_open, raw_read_until, rst_close
 
@@ -50,7 +51,9 @@ pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
 GZIP_SETTINGS = "tests.settings_gzip"
 
-KINDS = ("uvicorn", "gunicorn", "daphne")
+KINDS = SERVER_KINDS
+#: The ASGI servers whose disconnect cancels the producer at its await (checked here).
+ASGI_CANCELS = ("uvicorn", "hypercorn", "granian-asgi", "daphne")
 FLAVOURS = ("sync", "async")
 COMBOS = [
     pytest.param(flavour, kind, id=f"{flavour}-{kind}") for kind in KINDS for flavour in FLAVOURS
@@ -62,8 +65,8 @@ ENDLESS_NAME = {"sync": "tests.views.sync_endless", "async": "tests.views.async_
 #: An endless view's first event must arrive this soon after the request (a local server).
 FIRST_EVENT_BOUND = 1.0
 #: A view's ``finally`` must run this soon after the client disconnects. The sync view under
-#: gunicorn learns of the disconnect only when a write fails (its heartbeat is 1 s).
-CLEANUP_BOUND = {("sync", "gunicorn"): 3.0}
+#: a WSGI server learns of the disconnect only when a write fails (its heartbeat is 1 s).
+CLEANUP_BOUND = {("sync", "gunicorn"): 3.0, ("sync", "granian-wsgi"): 3.0}
 DEFAULT_CLEANUP_BOUND = 2.0
 #: Django's warning when it buffers a streaming response whole.
 MUST_CONSUME = "must consume"
@@ -200,8 +203,9 @@ DISCONNECTS = [
         for kind in KINDS
         for flavour in FLAVOURS
     ),
-    # An async producer idle in a long await: uvicorn cancels it at once; gunicorn learns of
-    # the disconnect from the next heartbeat write (1 s) and then cancels it.
+    # An async producer idle in a long await: the ASGI servers cancel it at once; the WSGI
+    # ones (gunicorn, granian) learn of the disconnect from the next heartbeat write (1 s)
+    # and then cancel it.
     *(pytest.param("async", kind, 30, id=f"async-{kind}-idle") for kind in KINDS),
 ]
 
@@ -253,7 +257,7 @@ def test_swallowed_cancellation_ends_as_cancelled(
             rst_close(sock)
         closed = wait_closed(server, new_connection(server, stream, before))
         assert closed["reason"] == "cancelled", closed
-        if kind == "uvicorn":
+        if kind in ASGI_CANCELS:
             # Under ASGI the producer gets CancelledError at its await and swallows it.
             cleanup, text = wait_for_marker(marker, disconnected_at, DEFAULT_CLEANUP_BOUND)
             assert cleanup is not None, "the generator never saw CancelledError"

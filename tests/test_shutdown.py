@@ -258,3 +258,21 @@ def test_a_second_install_does_not_chain_our_handler_to_itself(monkeypatch: Any)
     monkeypatch.setattr(shutdown.signal, "signal", lambda *args: seen.append(args))
     assert shutdown.install_signal_handlers() is False
     assert seen == [] and shutdown._installed == {}
+
+
+def test_the_first_stream_chains_again_a_handler_that_replaced_ours(
+    installed: ServerHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """granian's worker: forked with its master's handler, which ``ready()`` chains, then
+    it sets its loop's own over ours. The first stream on the main thread chains that one."""
+    monkeypatch.setattr(shutdown, "_checked_from_a_stream", False)
+    monkeypatch.setattr(shutdown, "SIGNALS", (signal.SIGTERM,))  # both chained by ready()
+    assert len(shutdown._installed) == len(shutdown.SIGNALS)
+    worker = ServerHandler()
+    signal.signal(signal.SIGTERM, worker)  # the worker's own, over ours
+    shutdown.ensure_installed()
+    assert signal.getsignal(signal.SIGTERM) is shutdown._handler
+    assert shutdown._installed[signal.SIGTERM] is worker
+    signal.signal(signal.SIGTERM, installed)
+    shutdown.ensure_installed()  # a flag check from now on
+    assert signal.getsignal(signal.SIGTERM) is installed

@@ -407,7 +407,11 @@ def _flush_at_exit() -> None:
     if os.getpid() != writer._pid or not (writer._pending or writer._finished):
         return
     thread = threading.Thread(target=writer.flush, name="flosse-persistence-exit", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:  # Python 3.12.0 and 3.12.1 start no thread in an atexit handler
+        writer.flush()  # pragma: no cover
+        return  # pragma: no cover
     thread.join(EXIT_FLUSH_TIMEOUT)
 
 

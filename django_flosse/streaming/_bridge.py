@@ -167,6 +167,17 @@ def _loop_of_this_thread() -> asyncio.AbstractEventLoop:
     return holder.loop
 
 
+async def _keeping_context(step: Any, context: contextvars.Context) -> Any:  # pragma: no cover
+    """Python 3.10: await ``step``, then copy what it changed in its task's context back to
+    ``context``, so the next step starts where this one ended (3.11 runs the task in it)."""
+    try:
+        return await step
+    finally:
+        for var, value in contextvars.copy_context().items():
+            if var not in context or context[var] is not value:
+                context.run(var.set, value)
+
+
 def iterate_on_private_loop(frames: AsyncIterator[bytes]) -> Generator[bytes, None, None]:
     """Iterate an async iterator from sync code, one item per turn of this thread's loop.
 
@@ -182,7 +193,9 @@ def iterate_on_private_loop(frames: AsyncIterator[bytes]) -> Generator[bytes, No
     def run(step: Any) -> Any:
         if sys.version_info >= (3, 11):
             return loop.run_until_complete(loop.create_task(step, context=context))
-        return loop.run_until_complete(step)  # pragma: no cover - Python 3.10
+        # Python 3.10: a task runs in a copy of the context it is created in.
+        task = context.run(loop.create_task, _keeping_context(step, context))  # pragma: no cover
+        return loop.run_until_complete(task)  # pragma: no cover
 
     try:
         while True:

@@ -29,11 +29,17 @@ and hands the work over:
   code may hold. A second signal starts a second ask, which finds nothing left to do.
 
 It is installed (when ``FLOSSE["SHUTDOWN_SIGNALS"]`` is on) from ``AppConfig.ready()`` and
-again when a stream starts on the main thread, whichever finds the server's handler first:
-gunicorn's workers set theirs before loading the application, uvicorn sets its own after
-(so the first stream, which runs on uvicorn's main-thread event loop, chains it). With
+checked again when the first stream starts on the main thread: gunicorn's workers set
+their handlers before loading the application, uvicorn sets its own after (so the first
+stream, which runs on uvicorn's main-thread event loop, chains it), and granian's ASGI
+worker, forked with its parent's handler (which ``ready()`` chains), sets its loop's own
+over ours after loading the application (the first stream chains that one). With
 gunicorn's ``preload_app`` the application loads in the master: call
 :func:`install_signal_handlers` from the ``post_worker_init`` hook.
+
+Where no signal reaches a process that runs streams, or only a handler set after ours on a
+thread that runs none, nothing here runs (docs/servers.md): hypercorn's worker processes
+(its parent sets a multiprocessing event instead) and granian's WSGI worker.
 """
 
 from __future__ import annotations
@@ -118,9 +124,13 @@ def _hand_on() -> None:
 
 def ensure_installed() -> None:
     """Called as each stream starts; does its work once, on the first stream that runs on
-    the main thread (uvicorn has set its handlers by then). Costs a flag check after that."""
+    the main thread (uvicorn has set its handlers by then). Costs a flag check after that.
+
+    It checks even when ``ready()`` chained both signals: a server may have replaced our
+    handler since (granian's worker, forked with its master's handler, which ``ready()``
+    chains, then sets its loop's own), and then it chains in front of the new one."""
     global _checked_from_a_stream
-    if _checked_from_a_stream or len(_installed) == len(SIGNALS):
+    if _checked_from_a_stream:
         return
     if threading.current_thread() is not threading.main_thread():
         return  # gunicorn's stream threads: ready() chained the worker's handlers already
@@ -128,7 +138,7 @@ def ensure_installed() -> None:
 
     if get_config().shutdown_signals:
         _checked_from_a_stream = True
-        install_signal_handlers()
+        install_signal_handlers(SIGNALS)
 
 
 def install_signal_handlers(signals: tuple[int, ...] = SIGNALS) -> bool:

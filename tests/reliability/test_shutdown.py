@@ -6,7 +6,18 @@ hints differ (jitter: clients do not all reconnect at the same moment), every
 ``sse.connection.closed`` line says ``reason='shutdown'``, and the server exits well within
 its graceful timeout. uvicorn would otherwise wait for ever (``timeout_graceful_shutdown``
 defaults to none); gunicorn would wait ``--graceful-timeout`` (set to 10 s here, so a
-shutdown that did not end the streams shows as a 10 s exit) and then kill its worker.
+shutdown that did not end the streams shows as a 10 s exit) and then kill its worker. The
+same on daphne, on hypercorn serving in its main process (``--workers 0``) and on granian's
+ASGI interface (its worker process runs the loop on its main thread, and chains our handler
+in front of its own on the first stream).
+
+Where our handler cannot run, the test pins down what the server does instead (see
+docs/servers.md): hypercorn with worker processes (its default, ``--workers 1``) never
+signals them (the master sets a multiprocessing event), so the worker waits
+``--graceful-timeout`` and then cancels the streams (reason ``cancelled``, no final frame);
+granian's WSGI worker sets its own handler after Django is loaded, on a main thread where no
+stream ever runs, so it waits for the endless responses until the master kills it after
+``--workers-kill-timeout`` (no final frame, no closed record).
 
 Two ``SIGTERM`` signals back to back while connections open and close at a high rate (each open
 and close takes the registry's lock on the server's loop, where the signal handler runs):
@@ -24,6 +35,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -31,7 +43,7 @@ from typing import Any
 import pytest
 
 from tests.support.observe import closed_records, showing_logs
-from tests.support.servers import HOST, LOGGING_SETTINGS, LiveServer
+from tests.support.servers import HOST, KINDS, LOGGING_SETTINGS, LiveServer
 from tests.support.wire import RawStream, open_many, request_bytes
 
 pytestmark = [
@@ -58,11 +70,30 @@ CHURN_BEFORE_SIGNALS = 40
 #: server's own shutdown; a handler deadlocked on the registry's lock never exits.
 DOUBLE_SIGTERM_EXIT_GRACE = 10.0
 
+#: How each kind is started here: hypercorn serves in its main process (``--workers 0``),
+#: where its own handler runs and ours is chained in front of it.
+SERVER_OPTIONS: dict[str, dict[str, Any]] = {"hypercorn": {"workers": 0}}
+
 SHUTDOWN_CASES = [
     pytest.param("uvicorn", 100, 100, id="uvicorn-200-streams"),
     pytest.param("gunicorn", 40, 40, id="gunicorn-gthread-80-streams"),
     pytest.param("daphne", 50, 50, id="daphne-100-streams"),
+    pytest.param("hypercorn", 50, 50, id="hypercorn-w0-100-streams"),
+    pytest.param("granian-asgi", 50, 50, id="granian-asgi-100-streams"),
 ]
+
+#: The servers that cut the streams instead: (kind, workers, the option that bounds the wait).
+#: Neither would ever exit without that option's timeout: the streams are endless.
+CUT_GRACE = 2
+CUT_CASES = [
+    pytest.param("hypercorn", 1, ("--graceful-timeout", str(CUT_GRACE)), id="hypercorn-w1"),
+    pytest.param("granian-wsgi", 1, ("--workers-kill-timeout", str(CUT_GRACE)), id="granian-wsgi"),
+]
+CUT_STREAMS = 10  # per view: async and sync
+#: From Python 3.12.1 ``asyncio.Server.wait_closed()`` waits until every connection is
+#: closed, and hypercorn's worker awaits it before its graceful timeout even starts
+#: (hypercorn/asyncio/run.py, ``worker_serve``): with a stream open it never exits.
+HYPERCORN_WORKER_WAITS_FOR_EVER = sys.version_info >= (3, 12, 1)
 
 
 def check_final_frame(stream: RawStream, reason: str) -> int:
@@ -87,7 +118,9 @@ def test_sigterm_ends_every_stream_and_the_server_exits(
 ) -> None:
     n = n_async + n_sync
     extra = ("--graceful-timeout", str(GUNICORN_GRACEFUL)) if kind == "gunicorn" else ()
-    server: LiveServer = live_server_factory(kind, env=ENV, extra_args=extra, threads=n + 20)
+    server: LiveServer = live_server_factory(
+        kind, env=ENV, extra_args=extra, threads=n + 20, **SERVER_OPTIONS.get(kind, {})
+    )
     with showing_logs(server, tail=80):
 
         async def run() -> tuple[list[RawStream], float, float]:
@@ -116,12 +149,93 @@ def test_sigterm_ends_every_stream_and_the_server_exits(
             f"{min(retries)}-{max(retries)} ms, {distinct} distinct"
         )
         assert distinct >= n // 2, f"retry hints are not jittered: {sorted(set(retries))}"
-        bound = UVICORN_EXIT_BOUND if kind == "uvicorn" else GUNICORN_EXIT_BOUND
+        bound = GUNICORN_EXIT_BOUND if kind == "gunicorn" else UVICORN_EXIT_BOUND
         assert exited < bound, f"{kind} exited {exited:.2f} s after SIGTERM"
         assert "Traceback" not in server.logs()
 
 
-@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn", "daphne"])
+@pytest.mark.parametrize(("kind", "workers", "extra"), CUT_CASES)
+def test_sigterm_where_our_handler_cannot_run_the_server_cuts_the_streams_after_its_timeout(
+    live_server_factory: Any, figure: Any, kind: str, workers: int, extra: tuple[str, ...]
+) -> None:
+    n = 2 * CUT_STREAMS
+    server: LiveServer = live_server_factory(
+        kind, env=ENV, extra_args=extra, workers=workers, threads=n + 8
+    )
+    if kind == "hypercorn" and HYPERCORN_WORKER_WAITS_FOR_EVER:
+        hypercorn_waits_for_ever(server, figure)
+        return
+    with showing_logs(server, tail=80):
+
+        async def run() -> tuple[list[RawStream], list[int], float]:
+            streams = await open_many(server.port, "/rel/endless/?every=0.5", CUT_STREAMS)
+            streams += await open_many(server.port, "/rel/sync-endless/?every=0.5", CUT_STREAMS)
+            held = [len(s.data) for s in streams]
+            sent = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            ended = await asyncio.gather(*(s.wait_eof(CUT_GRACE + 15) for s in streams))
+            assert all(ended), f"{ended.count(False)} streams still open after the timeout"
+            return streams, held, sent
+
+        streams, held, sent = asyncio.run(run())
+        server.wait(CUT_GRACE + 15)
+        exited = time.monotonic() - sent
+
+        for stream, before in zip(streams, held, strict=True):
+            # The streams went on after the signal (nothing asked them to stop), and were
+            # cut: no final frame, no end of the chunked response.
+            assert b"event: tick" in stream.data[before:], bytes(stream.data[-300:])
+            assert b"event: shutdown" not in stream.data, bytes(stream.data[-300:])
+            assert not stream.data.endswith(b"0\r\n\r\n"), bytes(stream.data[-200:])
+        closed = closed_records(server, "rel.endless") + closed_records(server, "rel.sync_endless")
+        if kind == "hypercorn":
+            # The worker's asyncio.Runner cancels what is left once the grace is over.
+            assert len(closed) == n, f"{len(closed)} closed lines for {n} streams"
+            assert {r["reason"] for r in closed} == {"cancelled"}, closed
+        else:
+            assert closed == [], closed  # granian's master SIGKILLs the worker
+        figure(
+            f"{kind} ({' '.join(extra)}): SIGTERM -> {n} streams went on, then were cut "
+            f"without a final frame; {len(closed)} closed lines; exited after {exited:.2f} s"
+        )
+        # It waited for the streams until its timeout: they never end by themselves.
+        assert exited >= CUT_GRACE, exited
+        assert exited < CUT_GRACE + GUNICORN_EXIT_BOUND, exited
+
+
+def hypercorn_waits_for_ever(server: LiveServer, figure: Any) -> None:
+    """Python 3.12.1+: past its graceful timeout, hypercorn's worker still serves the streams
+    (the stop is then up to whoever sends SIGKILL: the process manager)."""
+    with showing_logs(server, tail=80):
+
+        async def run() -> None:
+            streams = await open_many(server.port, "/rel/endless/?every=0.5", CUT_STREAMS)
+            streams += await open_many(server.port, "/rel/sync-endless/?every=0.5", CUT_STREAMS)
+            sent = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            await asyncio.sleep(max(0.0, sent + CUT_GRACE + 1 - time.monotonic()))
+            held = [len(s.data) for s in streams]
+            # Every stream still gets events after the grace is over: nothing was cut.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(
+                b"event: tick" in s.data[h:] for s, h in zip(streams, held, strict=True)
+            ):
+                await asyncio.sleep(0.05)
+            late = [b"event: tick" in s.data[h:] for s, h in zip(streams, held, strict=True)]
+            assert all(late), f"{late.count(False)} streams cut after the grace"
+            assert not any(s.eof for s in streams)
+            assert server.returncode is None
+            for stream in streams:
+                stream.rst()
+
+        asyncio.run(run())
+    figure(
+        f"hypercorn --workers 1 on Python {sys.version_info[0]}.{sys.version_info[1]}: SIGTERM "
+        f"-> still streaming {CUT_GRACE + 1} s later, past --graceful-timeout {CUT_GRACE}"
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_max_duration_ends_streams_with_timeout(
     live_server_factory: Any, figure: Any, kind: str
 ) -> None:
@@ -207,11 +321,11 @@ def read_to_eof(sock: socket.socket) -> bytes:
 
 
 @pytest.mark.parametrize("run", range(3))
-@pytest.mark.parametrize("kind", ["uvicorn", "daphne"])
+@pytest.mark.parametrize("kind", ["uvicorn", "daphne", "hypercorn", "granian-asgi"])
 def test_two_sigterms_back_to_back_during_churn_the_server_exits(
     live_server_factory: Any, figure: Any, kind: str, run: int
 ) -> None:
-    server: LiveServer = live_server_factory(kind, env=ENV)
+    server: LiveServer = live_server_factory(kind, env=ENV, **SERVER_OPTIONS.get(kind, {}))
     with showing_logs(server, tail=80), Churn(server.port) as churn:
         deadline = time.monotonic() + CHURN_SECONDS / 2
         while churn.rounds < CHURN_BEFORE_SIGNALS and time.monotonic() < deadline:

@@ -173,22 +173,26 @@ async def stamped_stream(
     writer.write(f"GET {path} HTTP/1.0\r\nHost: {HOST}:{port}\r\n\r\n".encode())
     names: list[str] = []
     warm = False
+
+    async def read() -> None:
+        nonlocal warm
+        while len(names) < count:
+            line = await reader.readline()
+            if not line:
+                break
+            if not line.startswith(b"data: "):
+                continue
+            if line.startswith(b"data: warm"):
+                if not warm:
+                    warm = True
+                    joined.append(True)
+                continue
+            name, stamp = line[6:].split()
+            lags.append(time.time() - float(stamp))
+            names.append(name.decode())
+
     try:
-        async with asyncio.timeout(timeout):
-            while len(names) < count:
-                line = await reader.readline()
-                if not line:
-                    break
-                if not line.startswith(b"data: "):
-                    continue
-                if line.startswith(b"data: warm"):
-                    if not warm:
-                        warm = True
-                        joined.append(True)
-                    continue
-                name, stamp = line[6:].split()
-                lags.append(time.time() - float(stamp))
-                names.append(name.decode())
+        await asyncio.wait_for(read(), timeout)  # not asyncio.timeout(): Python 3.10
     finally:
         writer.close()
     return names

@@ -1,9 +1,10 @@
 """Real server processes for end-to-end tests: one way to start them, one pool to share them.
 
-``LiveServer`` starts uvicorn or daphne (ASGI) or gunicorn gthread (WSGI) in a child process
-on a free port of 127.0.0.1, serving ``tests.asgi`` / ``tests.wsgi`` with ``tests.settings``,
-and waits until it answers HTTP. It only ever signals the process it started (and that process's own
-session, for gunicorn's workers): never anything found by name.
+``LiveServer`` starts uvicorn, daphne, hypercorn or granian (ASGI) or gunicorn gthread or
+granian (WSGI) in a child process on a free port of 127.0.0.1, serving ``tests.asgi`` /
+``tests.wsgi`` with ``tests.settings``, and waits until it answers HTTP. It only ever signals
+the process it started (and that process's own session, for the worker processes of
+gunicorn, hypercorn and granian): never anything found by name.
 
     with LiveServer("uvicorn", loop="asyncio") as server:
         httpx.get(server.url + "/some/stream/")
@@ -53,7 +54,10 @@ SETTINGS = "tests.settings"
 #: records to stderr, where ``logs()`` reads them (``tests.support.observe`` parses them).
 LOGGING_SETTINGS = "tests.settings_server"
 
-Kind = Literal["uvicorn", "gunicorn", "daphne"]
+Kind = Literal["uvicorn", "gunicorn", "daphne", "hypercorn", "granian-asgi", "granian-wsgi"]
+KINDS: tuple[Kind, ...] = (
+    "uvicorn", "gunicorn", "daphne", "hypercorn", "granian-asgi", "granian-wsgi",
+)  # fmt: skip
 
 # Every server started and not yet stopped, so the session fixture in conftest.py can stop
 # leftovers (a test that crashed between start() and stop()).
@@ -73,15 +77,18 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A uvicorn, daphne or gunicorn process serving the test project on 127.0.0.1.
+    """A server process (one of ``KINDS``) serving the test project on 127.0.0.1.
 
     Arguments:
-        kind: ``"uvicorn"``, ``"daphne"`` or ``"gunicorn"`` (gthread worker).
+        kind: ``"uvicorn"``, ``"daphne"``, ``"hypercorn"`` (asyncio worker),
+            ``"granian-asgi"`` (ASGI), ``"gunicorn"`` (gthread worker) or ``"granian-wsgi"``.
         loop: uvicorn only: ``"uvloop"`` or ``"asyncio"`` (``None``: uvicorn's default).
         env: extra environment variables, on top of ``os.environ`` and
             ``DJANGO_SETTINGS_MODULE=tests.settings``.
         extra_args: appended to the server's command line.
-        threads, workers: gunicorn only.
+        threads: gunicorn's threads, granian-wsgi's blocking threads (one per open stream).
+        workers: worker processes of gunicorn, hypercorn and granian (hypercorn: 0 serves
+            in the main process itself).
         app: override the application (default ``tests.asgi:application`` /
             ``tests.wsgi:application``).
     """
@@ -98,8 +105,8 @@ class LiveServer:
         app: str | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
-        if kind not in ("uvicorn", "gunicorn", "daphne"):
-            raise ValueError(f"kind must be 'uvicorn', 'gunicorn' or 'daphne', not {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
         if loop is not None and kind != "uvicorn":
             raise ValueError("loop= applies to uvicorn only")
         if loop not in (None, "uvloop", "asyncio"):
@@ -146,6 +153,22 @@ class LiveServer:
             ]  # fmt: skip
             if self.loop is not None:
                 cmd += ["--loop", self.loop]
+        elif self.kind == "hypercorn":
+            cmd = [
+                sys.executable, "-m", "hypercorn", self.app or "tests.asgi:application",
+                "-b", f"{HOST}:{self.port}", "-k", "asyncio", "-w", str(self.workers),
+            ]  # fmt: skip
+        elif self.kind in ("granian-asgi", "granian-wsgi"):
+            interface = self.kind.removeprefix("granian-")
+            cmd = [
+                sys.executable, "-m", "granian", "--interface", interface,
+                "--host", HOST, "--port", str(self.port), "--workers", str(self.workers),
+                "--no-ws", "--log-level", "warning",
+                self.app or f"tests.{interface}:application",
+            ]  # fmt: skip
+            if interface == "wsgi":
+                # Each open stream holds one blocking thread for as long as it lasts.
+                cmd[-1:-1] = ["--blocking-threads", str(self.threads)]
         else:
             cmd = [
                 sys.executable, "-m", "gunicorn", self.app or "tests.wsgi:application",
