@@ -466,7 +466,15 @@ def test_restart_without_data_resets_and_nothing_hangs(own_redis: RedisServer) -
     second = SyncReader(request(first.events[0].id), "k", until=2)
     second.start()
     joined("k")
-    broadcast("k", "1")
+    import redis as redis_py
+
+    try:
+        broadcast("k", "1")
+    except redis_py.ConnectionError:
+        # redis-py before 8.2 (the newest on Python 3.10) may hand the first command after a
+        # restart to a pooled connection of the dead server: the publish raises, nothing is
+        # published, and the retry (which users do, docs/broadcast.md) goes through.
+        broadcast("k", "1")
     reset, event = second.result()
     assert (reset.event, event.data) == ("flosse-reset", "1")
 
