@@ -339,8 +339,16 @@ def test_ids_that_cannot_be_placed_get_a_reset(redis: RedisServer, how: str) -> 
 
 async def test_an_id_of_before_flushall_gets_a_reset(redis: RedisServer) -> None:
     events = await _history("f", 3)
+    old_tag = backend().tag
+    # A subscriber that is there when the reader finds the new life is closed with the
+    # others (its client reconnects: test_restart_without_data_resets_and_nothing_hangs).
+    # This one comes once the process knows: a watcher keeps the reader reading meanwhile.
+    watcher = asyncio.ensure_future(take(subscribe(request(), "w"), 1))
+    await asyncio.to_thread(joined, "w")
     with redis.client() as client:
         client.flushall()
+    assert await asyncio.to_thread(wait_until, lambda: backend().tag != old_tag, WAIT) is not None
+    assert await watcher == []  # closed by the reader, no event
     task = asyncio.ensure_future(take(subscribe(request(events[0].id), "f"), 2))
     await asyncio.to_thread(joined, "f")
     await abroadcast("f", "after")
