@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,7 +152,7 @@ def test_sigterm_ends_every_stream_and_the_server_exits(
         assert distinct >= n // 2, f"retry hints are not jittered: {sorted(set(retries))}"
         bound = GUNICORN_EXIT_BOUND if kind == "gunicorn" else UVICORN_EXIT_BOUND
         assert exited < bound, f"{kind} exited {exited:.2f} s after SIGTERM"
-        assert "Traceback" not in server.logs()
+        assert "Traceback" not in without_interpreter_noise(server.logs())
 
 
 @pytest.mark.parametrize(("kind", "workers", "extra"), CUT_CASES)
@@ -320,6 +321,41 @@ def read_to_eof(sock: socket.socket) -> bytes:
     return bytes(data)
 
 
+# CPython 3.13.0's asyncio: a transport collected after its server has closed raises in
+# Server._wakeup, and the interpreter prints it as "Exception ignored in ... __del__" while
+# the server exits (seen with hypercorn). Neither django-flosse nor the server is in it.
+_ASYNCIO_3130_WAKEUP = re.compile(
+    r"Exception ignored in: <function _SelectorTransport\.__del__ at 0x[0-9a-f]+>\n"
+    r"Traceback \(most recent call last\):\n"
+    r"(?:  File \"[^\n]*/asyncio/[^\n]*\n(?:    [^\n]*\n)*)+"
+    r"TypeError: 'NoneType' object is not iterable\n"
+)
+
+
+def without_interpreter_noise(logs: str) -> str:
+    """The server's log without the one interpreter bug above (on 3.13.0 only)."""
+    if sys.version_info[:3] != (3, 13, 0):
+        return logs
+    return _ASYNCIO_3130_WAKEUP.sub("", logs)
+
+
+def test_without_interpreter_noise_keeps_everything_else() -> None:
+    noise = (
+        "Exception ignored in: <function _SelectorTransport.__del__ at 0x7f5db804e840>\n"
+        "Traceback (most recent call last):\n"
+        '  File "/py/lib/python3.13/asyncio/selector_events.py", line 872, in __del__\n'
+        "    self._server._detach(self)\n"
+        '  File "/py/lib/python3.13/asyncio/base_events.py", line 309, in _wakeup\n'
+        "    for waiter in waiters:\n"
+        "TypeError: 'NoneType' object is not iterable\n"
+    )
+    ours = 'Traceback (most recent call last):\n  File "/app/views.py", line 3\nValueError: x\n'
+    cleaned = without_interpreter_noise(noise + ours + noise)
+    assert "ValueError: x" in cleaned and "Traceback" in cleaned
+    if sys.version_info[:3] == (3, 13, 0):
+        assert cleaned == ours
+
+
 @pytest.mark.parametrize("run", range(3))
 @pytest.mark.parametrize("kind", ["uvicorn", "daphne", "hypercorn", "granian-asgi"])
 def test_two_sigterms_back_to_back_during_churn_the_server_exits(
@@ -345,7 +381,7 @@ def test_two_sigterms_back_to_back_during_churn_the_server_exits(
     with watcher:
         received = read_to_eof(watcher)
     assert b"event: shutdown" in received, received[-300:]
-    assert "Traceback" not in server.logs()
+    assert "Traceback" not in without_interpreter_noise(server.logs())
     figure(
         f"{kind} run {run}: two SIGTERMs during churn ({churn.rounds} streams opened and "
         f"closed), process exited after {exited:.2f} s"
