@@ -12,6 +12,7 @@ Redis), totally ordered within one topic; subscribers only compare them.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,8 +128,6 @@ class Message:
 
 def reset_event(topics: tuple[str, ...], event_id: str) -> EncodedEvent:
     """The ``flosse-reset`` event: the subscriber's position is gone, reload the page."""
-    import json
-
     data = json.dumps({"topics": list(topics)})
     frame = encode_event(data, event=RESET_EVENT, id=event_id).encode()
     return EncodedEvent(frame, data, RESET_EVENT, event_id)
