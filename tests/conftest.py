@@ -52,7 +52,8 @@ def _isolated_process_state() -> Iterator[None]:
     observers the settings wire and none subscribed; the history writer's thread stopped and
     its pending work dropped; the dashboard watcher's counts and the metrics observer's fold
     state forgotten; structlog unconfigured (``capture_logs`` leaves it marked as configured,
-    which would send later tests' events to structlog's printer instead of stdlib logging).
+    which would send later tests' events to structlog's printer instead of stdlib logging);
+    no structlog context variables bound (checked after the test: a stream must unbind them).
     """
     import structlog
 
@@ -72,9 +73,15 @@ def _isolated_process_state() -> Iterator[None]:
         close_backend()  # its reader threads and subscribers go with the test
         structlog.reset_defaults()
 
+    structlog.contextvars.clear_contextvars()
     reset()
     yield
+    # A stream binds its connection to structlog's context while it runs and must unbind
+    # it, whatever way it ends: a value left behind would tag every later log line.
+    leaked = structlog.contextvars.get_contextvars()
+    structlog.contextvars.clear_contextvars()
     reset()
+    assert not leaked, f"structlog context variables left bound by this test: {leaked}"
 
 
 @pytest.fixture(scope="module")

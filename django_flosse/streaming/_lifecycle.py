@@ -307,10 +307,13 @@ class Stream:
                     limit.cancel()
                 if sends is not None:
                     sends.discard(self)
-                self.close(reason)
-                # (On Python 3.10's private loop each step had its own context: nothing to reset.)
-                with contextlib.suppress(ValueError):
-                    structlog.contextvars.reset_contextvars(**bound)
+                try:
+                    self.close(reason)
+                finally:  # even if an observer's error escaped the close
+                    # (On Python 3.10's private loop each step had its own context: nothing
+                    # to reset.)
+                    with contextlib.suppress(ValueError):
+                        structlog.contextvars.reset_contextvars(**bound)
 
     def _count(self, chunk: bytes) -> bytes:
         if self._gzip is not None:
