@@ -200,3 +200,34 @@ async def test_an_idle_wait_releases_what_the_producer_opened_and_hops_only_then
     await arelease_while_idle()
     assert hops == ["release_connections"]
     assert not await sync_to_async(_is_open)()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_slow_orm_call_outside_djangos_handler_is_not_interrupted_by_a_release() -> None:
+    """Regression: an async view called directly (a ``RequestFactory`` test) whose ORM call
+    took longer than ``IDLE_STEP_SECONDS`` failed with asgiref's "would deadlock": the
+    stream tried to release connections on the shared thread the call was still running on
+    (CI saw it once, as the docs' blocking example failing on a loaded machine)."""
+    import time
+
+    from django.test import RequestFactory
+
+    from django_flosse import sse_stream
+    from django_flosse.testing import parse_events
+
+    def slow_count() -> int:
+        time.sleep(_db.IDLE_STEP_SECONDS * 4)  # the wait that asks for a release
+        return User.objects.count()
+
+    @sse_stream
+    async def counts(request: Any) -> Any:
+        await User.objects.acreate(username="ada")  # a connection opened for the request
+        for _ in range(2):
+            yield ("count", {"users": await sync_to_async(slow_count)()})
+
+    response = await counts(RequestFactory().get("/"))
+    body = b"".join([chunk async for chunk in response.streaming_content])
+    assert [(e.event, e.data) for e in parse_events(body)] == [
+        ("count", '{"users": 1}'),
+        ("count", '{"users": 1}'),
+    ]

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.db.backends.signals import connection_created
 
@@ -109,8 +109,20 @@ async def arelease_while_idle() -> None:
 
     The producer is suspended at an ``await`` meanwhile; an ORM call it awaits runs on that
     same thread, so the close comes before or after it, never during it."""
-    if opened_for_this_request():
+    if opened_for_this_request() and not _in_shared_thread_call():
         await sync_to_async(release_connections)()
+
+
+def _in_shared_thread_call() -> bool:
+    """Is the producer inside a call on asgiref's one shared thread right now?
+
+    Outside Django's handler (an async view called directly, as tests with a
+    ``RequestFactory`` do) nothing gives the request a thread of its own, and asgiref runs
+    every thread-sensitive call on one shared thread. While one of the producer's calls is in
+    flight there, asgiref refuses a second call from the same context ("would deadlock"), and
+    a release would be pointless anyway: the producer is using its connection. The next idle
+    wait releases it."""
+    return bool(SyncToAsync.deadlock_context.get(False))
 
 
 def async_views_release() -> bool:
