@@ -91,9 +91,17 @@ def _is_open() -> bool:
     return connection.connection is not None
 
 
+@pytest.fixture
+async def shared_thread_without_connection() -> None:
+    """These tests open connections on asgiref's shared thread and watch them being seen
+    and released: an earlier test's connection, still open there, must not hide the new one
+    (``connection_created`` is not sent for a connection already open)."""
+    await sync_to_async(connections.close_all)()
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_connection_opened_on_the_requests_thread_is_seen_and_released(
-    hops: list[str],
+    hops: list[str], shared_thread_without_connection: None
 ) -> None:
     assert not opened_for_this_request()
     await sync_to_async(_query)()  # Django's async ORM and sync middleware do this
@@ -192,7 +200,7 @@ def test_a_borrowed_connection_inside_a_transaction_is_never_released() -> None:
 
 @pytest.mark.django_db(transaction=True)
 async def test_an_idle_wait_releases_what_the_producer_opened_and_hops_only_then(
-    hops: list[str],
+    hops: list[str], shared_thread_without_connection: None
 ) -> None:
     await arelease_while_idle()  # nothing opened in this context: no hop
     assert hops == []

@@ -299,6 +299,38 @@ async def test_error_sends_one_error_frame_after_the_events_before_it() -> None:
     assert stream.events_sent == 1
 
 
+async def test_a_failure_of_the_stream_while_the_producer_awaits_cancels_that_await(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: the stream's own step failed (an idle release refused by asgiref) while
+    the producer was at an await; the producer was left running, and closing it raised
+    "aclose(): asynchronous generator is already running" out of the stream."""
+    from django_flosse.streaming import _lifecycle
+
+    async def refused() -> None:
+        raise RuntimeError("the release failed")
+
+    monkeypatch.setattr(_lifecycle, "arelease_while_idle", refused)
+    log: list[str] = []
+
+    async def waits() -> AsyncIterator[str]:
+        try:
+            yield "before"
+            await asyncio.sleep(3600)  # long past the idle step: the release is tried
+            yield "never"
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        finally:
+            log.append("finally")
+
+    stream = make_stream(waits(), release_db_when_idle=True)
+    body = b"".join(await collect(stream))
+    assert body.startswith(encode("before") + b"event: error\n")
+    assert log == ["cancelled", "finally"]
+    assert stream.close_reason == reasons.ERROR
+
+
 async def test_an_item_that_cannot_be_encoded_ends_the_stream_with_an_error() -> None:
     def picky(item: Any) -> bytes:
         if item == "bad":

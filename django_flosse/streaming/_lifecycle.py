@@ -294,6 +294,9 @@ class Stream:
             raise
         except Exception as exc:  # the producer raised, or yielded something invalid
             reason = reasons.ERROR
+            # (Or this loop failed while the producer was at an await: cancel that await,
+            # else the producer would be left running and could not be closed.)
+            await self._cancel_producer(step)
             out.append(self._fail(exc))  # after the events that were ready before it
             yield self._count(b"".join(out))
         finally:
