@@ -63,14 +63,14 @@ def _fill(rows: int, open_rows: int) -> None:
         "process", "opened_at", "closed_at", "last_seen_at", "events_sent", "bytes_sent",
         "close_reason", "last_event_id", "error_id", "topics", "stop_requested",
     )  # fmt: skip
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
-    )
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
     now = time.time()
     rng = random.Random(15)
 
     def stamp(epoch: float) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}"
+        return (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}"
+        )
 
     def row(i: int, closed: bool) -> tuple[Any, ...]:
         opened = now - 30 - rng.random() * (WINDOW - 90)  # stays in the window for a minute
@@ -103,10 +103,16 @@ def _fill_activity(rows: int, now: float) -> None:
     StreamActivity.objects.bulk_create(
         [
             StreamActivity(
-                process=PROCESS, stream=STREAM, bucket=b, opened=per_bucket,
-                cancelled=per_bucket * 2 // 3, errors=0, active=50,
-                events_total=(i + 1) * per_bucket, bytes_total=(i + 1) * per_bucket * 40,
-            )  # fmt: skip
+                process=PROCESS,
+                stream=STREAM,
+                bucket=b,
+                opened=per_bucket,
+                cancelled=per_bucket * 2 // 3,
+                errors=0,
+                active=50,
+                events_total=(i + 1) * per_bucket,
+                bytes_total=(i + 1) * per_bucket * 40,
+            )
             for i, b in enumerate(buckets)
         ]
     )
@@ -164,9 +170,10 @@ def measure(rows: int, max_viewers: int, window: float) -> dict[str, Any]:
     from tests.support.servers import LiveServer
 
     result: dict[str, Any] = {"rows": rows, "viewers": []}
-    with LiveServer("uvicorn", loop="asyncio") as server, httpx.Client(
-        base_url=server.url, timeout=60.0
-    ) as client:
+    with (
+        LiveServer("uvicorn", loop="asyncio") as server,
+        httpx.Client(base_url=server.url, timeout=60.0) as client,
+    ):
         _log_in(client)
         times = []
         for _ in range(5):

@@ -45,7 +45,10 @@ from django.utils import timezone
 
 from .. import reasons
 from ..conf import get_config
+from ..models import StreamActivity
 from ..terminate import close_lost
+from . import _retention
+from ._activity import activity
 from ._rows import (
     OpenRow,
     close_rows,
@@ -54,6 +57,7 @@ from ._rows import (
     objects,
     refresh_rows,
     subscribed_processes,
+    write_activity,
     written,
 )
 from .log import (
@@ -145,6 +149,7 @@ class PersistenceWriter:
         self._claimed = False
         self._last_flush = 0.0
         self._last_lost_check = 0.0
+        self._last_retention = 0.0
         self._failing_since: float | None = None
         self._last_error_log = 0.0
         self._dropped = 0
@@ -187,6 +192,10 @@ class PersistenceWriter:
             self._last_flush = time.monotonic()
             if not self._write():
                 return
+            self._write_activity()
+            if time.monotonic() - self._last_retention >= _retention.INTERVAL:
+                self._last_retention = time.monotonic()
+                self.apply_retention()
             self._poll_stop_requests()
             config = get_config()
             if time.monotonic() - self._last_lost_check >= min(
@@ -198,6 +207,30 @@ class PersistenceWriter:
             if time.monotonic() - self._last_sharing_check >= SHARING_CHECK_INTERVAL:
                 self._last_sharing_check = time.monotonic()
                 self.check_broadcast_sharing()
+
+    def _write_activity(self) -> None:
+        """This process's changed traffic buckets, for the dashboards of other processes."""
+        rows = activity.take_rows(time.time())
+        if not rows:
+            return
+        try:
+            write_activity(rows, current_process())
+        except Exception as exc:
+            activity.give_back(rows)
+            self._log_failure(exc)
+
+    def apply_retention(self) -> int:
+        """Delete history rows past ``RETENTION_DAYS`` / ``RETENTION_ROWS`` (a bounded
+        pass: ``_retention``) and activity rows the dashboard no longer shows."""
+        try:
+            pruned = _retention.prune_history(objects(), get_config())
+            _retention.prune_activity(StreamActivity.objects.using(db()), time.time())
+        except Exception as exc:
+            self._log_failure(exc)
+            return 0
+        if pruned.more:  # a backlog (a flood, or a lower bound just set): go on soon
+            self._last_retention = 0.0
+        return int(pruned)
 
     def check_broadcast_sharing(self) -> None:
         """Warn when this process streams subscriptions of the ``memory`` broadcast backend
@@ -238,6 +271,7 @@ class PersistenceWriter:
             self._tracked.clear()
             self._claimed = False
             self._last_lost_check = 0.0
+            self._last_retention = 0.0
             self._last_sharing_check = 0.0
         _sharing_warned.clear()
 
