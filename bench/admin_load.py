@@ -10,6 +10,7 @@ plus a few open ones, with one raw ``executemany`` (seconds, not minutes), and s
 real uvicorn server on it. Then:
 
 * the history change list: median time of a few GETs of the first page;
+* a dashboard snapshot computed in the benchmark's own process (median of 3, no HTTP);
 * for 0, 1, ... N dashboard viewers (each an open SSE feed, read in a thread): the time
   from the request to the first ``snapshot`` event, and the server's CPU (user + system
   from ``/proc/<pid>/stat``) over a fixed window, as a percentage of one core.
@@ -116,6 +117,18 @@ def _fill_activity(rows: int, now: float) -> None:
             for i, b in enumerate(buckets)
         ]
     )
+
+
+def _snapshot_ms() -> float:
+    """Median time of a dashboard snapshot computed here (no HTTP), over 3 runs."""
+    from django_flosse.observing._dashboard import Feed
+
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        Feed(100).snapshot()
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times) * 1000, 1)
 
 
 class Viewer(threading.Thread):
@@ -234,7 +247,12 @@ def main() -> None:
             _fill(rows, args.open)
             connections.close_all()
             print(f"{rows} rows written in {time.monotonic() - started:.1f} s", flush=True)
-            results.append(measure(rows, args.viewers, args.window))
+            snapshot_ms = _snapshot_ms()
+            print(f"  a snapshot computed in this process: {snapshot_ms} ms", flush=True)
+            connections.close_all()
+            result = measure(rows, args.viewers, args.window)
+            result["snapshot_ms"] = snapshot_ms
+            results.append(result)
     print(json.dumps(results, indent=1))
 
 

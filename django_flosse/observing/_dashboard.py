@@ -242,10 +242,14 @@ class _Board:
             self._prev: tuple[float, dict[_Key, tuple[int, int]]] | None = None
             self._rates: dict[str, tuple[float, int]] = {}
             self._history: tuple[float, list[list[float]]] | None = None
-            #: How many times the state was computed, and the CPU seconds that took (its
-            #: queries included: SQLite runs in the thread), for tests and a shell.
+            #: How many times the state was computed, and the CPU seconds the feeds spent
+            #: (queries included: SQLite runs in the thread), for tests and a shell.
             self.computations = 0
             self.cpu_seconds = 0.0
+
+    def charge(self, seconds: float) -> None:
+        with self._lock:
+            self.cpu_seconds += seconds
 
     def state(self, top: int, max_age: float = 0.0, remote_max_age: float = 0.0) -> _State:
         """The state, computed again if older than ``max_age`` (this process's part) or
@@ -255,7 +259,6 @@ class _Board:
             state = self._state
             if state is not None and state.top == top and 0 <= now - state.t < max_age:
                 return state
-            started = time.thread_time()
             remote = self._remote
             if remote is None or remote.top != top or not 0 <= now - remote.at < remote_max_age:
                 remote = self._remote = _read_remote(current_process(), top, now)
@@ -264,7 +267,6 @@ class _Board:
                 fresh = False
             self._state = self._compute(now, top, remote, fresh)
             self.computations += 1
-            self.cpu_seconds += time.thread_time() - started
             return self._state
 
     def _compute(self, now: float, top: int, remote: _Remote, fresh: bool) -> _State:
@@ -320,7 +322,6 @@ class _Board:
             now = time.time()
             cached = self._history
             if cached is None or not 0 <= now - cached[0] < max_age:
-                started = time.thread_time()
                 current = bucket_of(now)
                 buckets = [current - (HISTORY_POINTS - i) * BUCKET for i in range(HISTORY_POINTS)]
                 remote = dict(
@@ -337,7 +338,6 @@ class _Board:
                     for b, n in zip(buckets, local, strict=True)
                 ]
                 cached = self._history = (now, points)
-                self.cpu_seconds += time.thread_time() - started
         return [*cached[1], [round(time.time(), 3), total]]
 
 
@@ -375,12 +375,15 @@ class Feed:
         return panel
 
     def snapshot(self) -> dict[str, Any]:
+        started = time.thread_time()
         state = board.state(self.top, *self._ages)
         self._cards, self._rows, self._total = (
             state.cards,
             {r["id"]: r for r in state.rows},
             state.total,
         )
+        history = board.history(state.total, max_age=self._ages[1])
+        board.charge(time.thread_time() - started)
         return {
             "t": state.t,
             "window": WINDOW,
@@ -389,11 +392,18 @@ class Feed:
             "total": state.total,
             "cards": state.cards,
             "rows": state.rows,
-            "history": board.history(state.total, max_age=self._ages[1]),
+            "history": history,
         }
 
     def poll(self) -> dict[str, Any] | None:
         """The changes since the last frame, or ``None`` when nothing changed."""
+        started = time.thread_time()
+        try:
+            return self._changes()
+        finally:
+            board.charge(time.thread_time() - started)
+
+    def _changes(self) -> dict[str, Any] | None:
         state = board.state(self.top, *self._ages)
         new = {r["id"]: r for r in state.rows}
         upsert = [r for cid, r in new.items() if self._rows.get(cid) != r]

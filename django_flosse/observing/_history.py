@@ -192,7 +192,6 @@ class PersistenceWriter:
             self._last_flush = time.monotonic()
             if not self._write():
                 return
-            self._write_activity()
             if time.monotonic() - self._last_retention >= _retention.INTERVAL:
                 self._last_retention = time.monotonic()
                 self.apply_retention()
@@ -207,17 +206,6 @@ class PersistenceWriter:
             if time.monotonic() - self._last_sharing_check >= SHARING_CHECK_INTERVAL:
                 self._last_sharing_check = time.monotonic()
                 self.check_broadcast_sharing()
-
-    def _write_activity(self) -> None:
-        """This process's changed traffic buckets, for the dashboards of other processes."""
-        rows = activity.take_rows(time.time())
-        if not rows:
-            return
-        try:
-            write_activity(rows, current_process())
-        except Exception as exc:
-            activity.give_back(rows)
-            self._log_failure(exc)
 
     def apply_retention(self) -> int:
         """Delete history rows past ``RETENTION_DAYS`` / ``RETENTION_ROWS`` (a bounded
@@ -336,7 +324,9 @@ class PersistenceWriter:
             dropped, self._dropped = self._dropped, 0
         if dropped:
             get_logger().error(PERSISTENCE_DROPPED, connections=dropped, limit=MAX_PENDING)
-        if not (pending or finished or known or not self._claimed):
+        # This process's changed traffic buckets, for the dashboards of other processes.
+        buckets = activity.take_rows(time.time())
+        if not (pending or finished or known or buckets or not self._claimed):
             return True
         now = timezone.now()
         me = current_process()
@@ -353,7 +343,10 @@ class PersistenceWriter:
                 inserted = insert_rows(pending, now)
                 close_rows(finished, known, inserted)
                 moved = refresh_rows(known, finished, me, now)
+                if buckets:
+                    write_activity(buckets, me)
         except Exception as exc:
+            activity.give_back(buckets)
             with self._lock:
                 self._pending = {**pending, **self._pending}
                 self._finished = {**finished, **self._finished}
