@@ -61,8 +61,7 @@ class StreamListFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
         names = set(registry.declared())
-        with contextlib.suppress(DatabaseError):  # migrations not applied yet: the declared
-            names.update(StreamActivity.objects.values_list("stream", flat=True).distinct())
+        names.update(StreamActivity.objects.values_list("stream", flat=True).distinct())
         if self.value():
             names.add(str(self.value()))
         return [(name, name) for name in sorted(names)]
@@ -92,13 +91,9 @@ class UserListFilter(admin.RelatedFieldListFilter):
         selected = self.lookup_val[-1] if self.lookup_val else None
         if selected and selected not in {str(pk) for pk in choices}:
             with contextlib.suppress(ValueError, ValidationError):  # the list says it is bad
-                row = (
-                    StreamConnection.objects.filter(user_id=selected)
-                    .values_list("user_id", "username")
-                    .first()
-                )
-                if row is not None:
-                    choices[row[0]] = row[1]
+                # Unordered: any row of the user names them (through the user_id index).
+                rows = StreamConnection.objects.filter(user_id=selected).order_by()
+                choices.update(rows.values_list("user_id", "username")[:1])
         return sorted(((pk, name or str(pk)) for pk, name in choices.items()), key=lambda c: c[1])
 
     def has_output(self) -> bool:

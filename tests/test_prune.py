@@ -146,9 +146,9 @@ def test_a_pass_deletes_in_batches_and_stops_at_its_budget() -> None:
     _closed_rows(25, days_ago=40)
     objects = StreamConnection.objects.all()
     first = _retention.prune_history(objects, get_config(), budget=0.0, batch=10)
-    assert (int(first), first.more) == (10, True)  # one batch, then out of time
+    assert (first.deleted, first.more) == (10, True)  # one batch, then out of time
     rest = _retention.prune_history(objects, get_config(), batch=10)
-    assert (int(rest), rest.more) == (15, False)
+    assert (rest.deleted, rest.more) == (15, False)
     assert not StreamConnection.objects.exists()
 
 

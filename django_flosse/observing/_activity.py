@@ -91,6 +91,8 @@ class Activity:
         # the chart's carry-forward starts (a long-lived stream has no recent change).
         self._base: Counter[str] = Counter()
         self._dirty: set[tuple[int, str]] = set()  # not yet written for other processes
+        #: Moves on every open and close: the dashboard's state is stale when it moved.
+        self.version = 0
 
     def reset(self) -> None:
         """Forget everything (tests reset the registry too)."""
@@ -125,6 +127,7 @@ class Activity:
             self._active[stream] = max(0, self._active[stream] + step)
             counts.active = self._active[stream]
             self._dirty.add((bucket, stream))
+            self.version += 1
 
     def _counts(self, bucket: int, stream: str) -> _Counts:
         streams = self._buckets.get(bucket)

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -187,7 +187,8 @@ class _State:
     cards: list[dict[str, Any]]
     rows: list[dict[str, Any]]
     total: int
-    history: list[list[float]] = field(default_factory=list)
+    #: ``activity.version`` when it was computed.
+    version: int = -1
 
 
 def _read_remote(me: str, top: int, now: float) -> _Remote:
@@ -252,13 +253,20 @@ class _Board:
             self.cpu_seconds += seconds
 
     def state(self, top: int, max_age: float = 0.0, remote_max_age: float = 0.0) -> _State:
-        """The state, computed again if older than ``max_age`` (this process's part) or
-        ``remote_max_age`` (the database's part) seconds; 0: now."""
+        """The state, computed again when it is older than ``remote_max_age`` seconds, or
+        than ``max_age`` if a connection of this process opened or closed since (0: now).
+
+        So every viewer of the process reads one state per interval, and a local change
+        reaches them within ``max_age``; the database is read at most every
+        ``remote_max_age``.
+        """
         with self._lock:
             now = time.time()
-            state = self._state
-            if state is not None and state.top == top and 0 <= now - state.t < max_age:
-                return state
+            state, version = self._state, activity.version
+            if state is not None and state.top == top and now >= state.t:
+                age = now - state.t
+                if age < max_age or (state.version == version and age < remote_max_age):
+                    return state
             remote = self._remote
             if remote is None or remote.top != top or not 0 <= now - remote.at < remote_max_age:
                 remote = self._remote = _read_remote(current_process(), top, now)
@@ -266,6 +274,7 @@ class _Board:
             else:
                 fresh = False
             self._state = self._compute(now, top, remote, fresh)
+            self._state.version = version
             self.computations += 1
             return self._state
 

@@ -23,6 +23,15 @@ Why it is built this way:
 - A process identity (``host:pid``) can come back: a restarted container is often pid 1 on
   the same host name. The first flush of a writer closes as ``lost`` the open rows carrying
   its own identity, which no live process can own.
+- Each flush also upserts this process's changed traffic buckets (``_activity``: opens,
+  closes and open connections per stream and 10 seconds) into ``StreamActivity``, in the
+  same transaction: the dashboards of other processes count from them, never from the
+  history's rows, so their cost does not grow with the churn.
+- The history bounds itself: the first flush of a writer, then one every
+  ``_retention.INTERVAL`` seconds, deletes closed rows past ``RETENTION_DAYS`` or beyond
+  ``RETENTION_ROWS`` in small indexed batches (``_retention``), and the buckets the
+  dashboard no longer shows. A client that opens connections as fast as it can cannot grow
+  the table past the bound, and nobody has to remember a cron job.
 - After ``fork()`` (gunicorn workers, multiprocessing) the child starts clean with its own
   thread; what was pending belongs to the parent, which writes it.
 """
@@ -218,7 +227,7 @@ class PersistenceWriter:
             return 0
         if pruned.more:  # a backlog (a flood, or a lower bound just set): go on soon
             self._last_retention = 0.0
-        return int(pruned)
+        return pruned.deleted
 
     def check_broadcast_sharing(self) -> None:
         """Warn when this process streams subscriptions of the ``memory`` broadcast backend

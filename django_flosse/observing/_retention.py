@@ -19,6 +19,7 @@ lookup instead of a ``COUNT(*)`` of the table. Open rows are never deleted, howe
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -38,10 +39,12 @@ BATCH = 1000
 BUDGET = 0.1
 
 
-class Pruned(int):
-    """Rows deleted by a pass (an ``int``), and whether it stopped with more to do."""
+@dataclass(frozen=True)
+class Pruned:
+    """What a pass did: rows deleted, and whether it stopped with more to do."""
 
-    more: bool = False
+    deleted: int
+    more: bool
 
 
 def _cutoffs(config: Config, objects: Any) -> Q | None:
@@ -76,9 +79,7 @@ def prune_history(
             if time.monotonic() >= deadline:
                 more = True
                 break
-    result = Pruned(deleted)
-    result.more = more
-    return result
+    return Pruned(deleted, more)
 
 
 def prune_activity(objects: Any, now: float) -> int:
