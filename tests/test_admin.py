@@ -165,7 +165,7 @@ def test_the_user_filter_lists_only_users_with_open_connections(client: Client) 
     make_row(user=gone, username="gone", closed_at=timezone.now(), close_reason="cancelled")
     client.force_login(viewer)
     html = changelist(client).content.decode()
-    filter_html = html[html.index('id="changelist-filter"') :]
+    [filter_html] = re.findall(r'data-filter-title="user".*?</details>', html, re.S)
     assert f"?user__id__exact={connected.pk}" in filter_html
     assert f"?user__id__exact={gone.pk}" not in filter_html
     assert "bystander" not in html and "viewer</a>" not in filter_html
