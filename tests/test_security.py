@@ -567,7 +567,7 @@ def test_a_client_address_is_kept_only_when_it_parses(forwarded: str, expected: 
         def connection_rejected(self, stream: str, reason: str) -> None: ...
 
     registry.subscribe(Spy())
-    flosse = {"CLIENT_IP_HEADER": "HTTP_X_FORWARDED_FOR"}
+    flosse = {"CLIENT_IP_HEADER": "HTTP_X_FORWARDED_FOR", "PERSISTENCE": False}  # no rows left
     with override_settings(FLOSSE=flosse), capture_logs() as logs:
         client = Client(REMOTE_ADDR="192.0.2.41")
         read_all(client.get("/sync/count/?n=1", HTTP_X_FORWARDED_FOR=forwarded))
