@@ -11,7 +11,14 @@ import pytest
 
 from django_flosse.models import StreamActivity
 from django_flosse.observing import _activity
-from django_flosse.observing._activity import BUCKET, DASHBOARD_STREAM, KEEP, Activity, bucket_of
+from django_flosse.observing._activity import (
+    BUCKET,
+    DASHBOARD_STREAM,
+    KEEP,
+    Activity,
+    activity,
+    bucket_of,
+)
 from django_flosse.observing.registry import Connection, current_process, registry
 
 START = 1_700_000_000.0  # a bucket boundary (divisible by BUCKET)
@@ -86,7 +93,9 @@ def test_rows_for_the_writer_are_the_changed_buckets_and_the_open_streams(clock:
 
 
 @pytest.mark.django_db
-def test_the_writer_stores_this_process_buckets(writer: Any) -> None:
+def test_the_writer_stores_this_process_buckets(
+    writer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     connection = Connection(id=uuid.uuid4().hex, stream="act.stored", process=current_process())
     assert registry.open(connection) is None
     connection.events_sent, connection.bytes_sent = 4, 100
@@ -98,6 +107,15 @@ def test_the_writer_stores_this_process_buckets(writer: Any) -> None:
     assert {row.process for row in rows} == {current_process()}
     assert (sum(r.opened for r in rows), sum(r.cancelled for r in rows)) == (1, 1)
     assert (rows[-1].active, rows[-1].events_total, rows[-1].bytes_total) == (0, 4, 100)
+
+    # The dashboard of another process counts them (from the table, not from its memory).
+    from django_flosse.observing import _dashboard
+
+    activity.reset()
+    monkeypatch.setattr(_dashboard, "current_process", lambda: "another.host:1")
+    cards = _dashboard.Feed(top=10).snapshot()["cards"]
+    card = next(c for c in cards if c["stream"] == "act.stored")
+    assert (card["opened"], card["cancelled"], card["active"]) == (1, 1, 0)
 
 
 @pytest.mark.django_db
