@@ -47,7 +47,6 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -69,8 +68,12 @@ from ._rows import (
     write_activity,
     written,
 )
+from ._sharing import (
+    broadcast_shared,
+    forget_warnings,
+    warn_unshared_broadcast,
+)
 from .log import (
-    BROADCAST_ONE_PROCESS,
     PERSISTENCE_DROPPED,
     PERSISTENCE_ERROR,
     PERSISTENCE_RECOVERED,
@@ -90,40 +93,6 @@ ERROR_LOG_INTERVAL = 60.0
 EXIT_FLUSH_TIMEOUT = 3.0
 #: Seconds between two looks for subscriptions of another process (``memory`` backend).
 SHARING_CHECK_INTERVAL = 10.0
-#: Seconds between two warnings that the ``memory`` backend is used by several processes.
-SHARING_WARN_INTERVAL = 600.0
-
-_sharing_warned: list[float] = []  # when this process last warned (monotonic)
-
-
-def broadcast_shared() -> bool:
-    """Whether the configured broadcast backend reaches every process (not ``memory``).
-
-    Read from the backend's class: the dashboard must not make a backend (and its reader
-    threads) in a process that only looks.
-    """
-    from ..broadcasting.backends import _backend_class
-
-    try:
-        return _backend_class(get_config().broadcast_backend).shared
-    except (ImportError, ImproperlyConfigured):
-        return True  # broadcasting itself fails loudly where it is used: nothing to add
-
-
-def warn_unshared_broadcast(processes: list[str]) -> bool:
-    """Log ``sse.broadcast.memory_backend_shared``, at most once per process per
-    :data:`SHARING_WARN_INTERVAL`; True if it logged now."""
-    now = time.monotonic()
-    if _sharing_warned and now - _sharing_warned[0] < SHARING_WARN_INTERVAL:
-        return False
-    _sharing_warned[:] = [now]
-    get_logger().warning(
-        BROADCAST_ONE_PROCESS,
-        processes=sorted(processes),
-        hint="BROADCAST_BACKEND 'memory' reaches the streams of its own process only: "
-        "use 'database' or 'redis' when several processes stream",
-    )
-    return True
 
 
 class PersistenceWriter:
@@ -270,7 +239,7 @@ class PersistenceWriter:
             self._last_lost_check = 0.0
             self._last_retention = 0.0
             self._last_sharing_check = 0.0
-        _sharing_warned.clear()
+        forget_warnings()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread (it is started again by the next connection)."""

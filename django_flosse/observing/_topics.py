@@ -152,7 +152,7 @@ def _percentile(ordered: list[float], fraction: float) -> float:
 def _topics(now: float) -> dict[str, Any]:
     # Imported here: the history writer uses the models, and this module must load in a
     # project without the app (``views`` imports it for the metrics view's module).
-    from ._history import broadcast_shared, warn_unshared_broadcast
+    from ._sharing import broadcast_shared, warn_unshared_broadcast
 
     me = current_process()
     subscribers, processes, partial = _subscribers(me)
