@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from django_flosse.models import StreamConnection
 from django_flosse.observing import _dashboard as dashboard
+from django_flosse.observing.registry import Connection, current_process, registry
 from tests.support.wire import get_json
 
 FEED = "admin:django_flosse_dashboard_stream"
@@ -67,19 +68,27 @@ def test_closed_rows_are_never_read_by_the_feed() -> None:
 
 
 @pytest.mark.django_db
-def test_viewers_of_a_process_share_one_computation() -> None:
+def test_viewers_of_a_process_share_one_computation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four viewers read one state; a local open or close makes the next poll compute it
+    again (MIN_POLL_GAP 0 here), and nothing else does before POLL_INTERVAL (long here)."""
+    monkeypatch.setattr(dashboard, "POLL_INTERVAL", 3600.0)
+    monkeypatch.setattr(dashboard, "MIN_POLL_GAP", 0.0)
     viewers = [dashboard.Feed(top=10, shared=True) for _ in range(4)]
     for viewer in viewers:
         viewer.snapshot()
-    for viewer in viewers:
-        viewer.poll()
-    # One computation for the four snapshots and polls (all within MIN_POLL_GAP), or two if
-    # the machine was slow enough for the first to age: never one per viewer.
-    assert dashboard.board.computations <= 2
     with CaptureQueriesContext(connection) as queries:
         for viewer in viewers:
-            viewer.poll()
-    assert len(queries) <= 4  # at most one read of the database for them all
+            assert viewer.poll() is None
+    assert dashboard.board.computations == 1 and len(queries) == 0
+
+    local = Connection(id=uuid.uuid4().hex, stream="cost.local", process=current_process())
+    assert registry.open(local) is None
+    try:
+        updates = [viewer.poll() for viewer in viewers]
+    finally:
+        registry.close(local, "completed")
+    assert dashboard.board.computations == 2  # one for the four
+    assert all(u is not None and [r["id"] for r in u["upsert"]] == [local.id] for u in updates)
 
 
 # ----------------------------------------------------------------------------- a real server

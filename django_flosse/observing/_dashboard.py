@@ -187,7 +187,9 @@ class _State:
     cards: list[dict[str, Any]]
     rows: list[dict[str, Any]]
     total: int
-    #: ``activity.version`` when it was computed.
+    #: When it was computed (``t`` is the same, rounded for the page), and
+    #: ``activity.version`` then.
+    at: float = 0.0
     version: int = -1
 
 
@@ -263,8 +265,8 @@ class _Board:
         with self._lock:
             now = time.time()
             state, version = self._state, activity.version
-            if state is not None and state.top == top and now >= state.t:
-                age = now - state.t
+            if state is not None and state.top == top and now >= state.at:
+                age = now - state.at
                 if age < max_age or (state.version == version and age < remote_max_age):
                     return state
             remote = self._remote
@@ -274,7 +276,7 @@ class _Board:
             else:
                 fresh = False
             self._state = self._compute(now, top, remote, fresh)
-            self._state.version = version
+            self._state.at, self._state.version = now, version
             self.computations += 1
             return self._state
 
