@@ -48,6 +48,7 @@ __all__ = [
     "PGBOUNCER_PORT",
     "check_broadcast",
     "check_conn_max_age_under_asgi",
+    "check_history_retention",
     "check_metrics_access",
     "check_middleware",
     "check_migrations",
@@ -413,3 +414,32 @@ def check_broadcast(
                 )
             )
     return messages
+
+
+# --------------------------------------------------------------------------- W008
+@register(Tags.security)
+def check_history_retention(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W008: the connection history is written and nothing bounds it."""
+    if not _ours(app_configs):
+        return []
+    config = get_config()
+    if not config.persistence or config.retention_days is not None:
+        return []
+    if config.retention_rows is not None:
+        return []
+    return [
+        Warning(
+            "FLOSSE['RETENTION_DAYS'] and FLOSSE['RETENTION_ROWS'] are both None: the "
+            "connection history grows without bound (every connection, anonymous ones "
+            "included, writes a row).",
+            hint=(
+                "Set FLOSSE['RETENTION_ROWS'] (e.g. 1_000_000) or FLOSSE['RETENTION_DAYS']: "
+                "every process's history writer then deletes older rows itself. Or set "
+                "FLOSSE['PERSISTENCE'] = False if you do not need the history."
+            ),
+            obj="FLOSSE['RETENTION_ROWS']",
+            id="django_flosse.W008",
+        )
+    ]

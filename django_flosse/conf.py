@@ -67,8 +67,11 @@ DEFAULTS: Mapping[str, Any] = {
     # Seconds one chunk may wait for a client that stopped reading before the stream ends
     # with reason "timeout" (ASGI servers; under WSGI the write blocks its own thread).
     "SEND_TIMEOUT": 60.0,
-    # Days closed rows are kept by `manage.py flosse_prune` (None: keep for ever).
+    # Days closed history rows are kept (None: no age bound). Applied by every process's
+    # history writer every few seconds, and by `manage.py flosse_prune`.
     "RETENTION_DAYS": 30,
+    # Most history rows kept (the newest; open rows always stay). None: no row bound.
+    "RETENTION_ROWS": 1_000_000,
     # Live connections listed one by one on the admin dashboard (the rest are counted).
     "DASHBOARD_TOP": 100,
     # Broadcast (docs/broadcast.md): "database", "redis", "memory", or a backend class
@@ -111,6 +114,7 @@ class Config:
     flush_interval: float
     lost_after: float
     retention_days: int | None
+    retention_rows: int | None
     dashboard_top: int
     shutdown_signals: bool
     max_duration: float | None
@@ -260,6 +264,7 @@ def _build(overrides: Mapping[str, Any]) -> Config:
         flush_interval=_required(_positive_or_none("FLUSH_INTERVAL", merged["FLUSH_INTERVAL"])),
         lost_after=_required(_positive_or_none("LOST_AFTER", merged["LOST_AFTER"])),
         retention_days=_count_or_none("RETENTION_DAYS", merged["RETENTION_DAYS"]),
+        retention_rows=_count_or_none("RETENTION_ROWS", merged["RETENTION_ROWS"]),
         dashboard_top=_required(_count_or_none("DASHBOARD_TOP", merged["DASHBOARD_TOP"])),
         shutdown_signals=_bool("SHUTDOWN_SIGNALS", merged["SHUTDOWN_SIGNALS"]),
         max_duration=_positive_or_none("MAX_DURATION", merged["MAX_DURATION"]),

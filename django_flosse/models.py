@@ -12,7 +12,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import reasons
 
-__all__ = ["BroadcastMessage", "BroadcastTopic", "StreamConnection"]
+__all__ = ["BroadcastMessage", "BroadcastTopic", "StreamActivity", "StreamConnection"]
 
 CLOSE_REASON_CHOICES = [(reason, reason) for reason in reasons.CLOSE_REASONS]
 
@@ -77,6 +77,42 @@ class StreamConnection(models.Model):
     @property
     def is_open(self) -> bool:
         return self.closed_at is None
+
+
+class StreamActivity(models.Model):
+    """Opens, closes and open connections of one stream in one process during one bucket of
+    time (``observing._activity``): what the dashboard counts for the other processes.
+
+    Written by each process's history writer, read by the dashboard of every process, and
+    kept for a little more than the dashboard's window: a few rows per process and stream,
+    whatever the number of connections (the history table holds one row per connection).
+    """
+
+    process = models.CharField(_("process"), max_length=255, help_text=_("host:pid"))
+    stream = models.CharField(_("stream"), max_length=200)
+    #: Epoch seconds of the bucket's start (``observing._activity.BUCKET`` seconds long).
+    bucket = models.BigIntegerField(_("bucket"))
+    opened = models.IntegerField(_("opened"), default=0)
+    cancelled = models.IntegerField(_("cancelled"), default=0)
+    errors = models.IntegerField(_("errors"), default=0)
+    active = models.IntegerField(_("open connections"), default=0)
+    #: The process's running totals for the stream when the row was written (rates).
+    events_total = models.BigIntegerField(_("events sent"), default=0)
+    bytes_total = models.BigIntegerField(_("bytes sent"), default=0)
+
+    class Meta:
+        verbose_name = _("stream activity")
+        verbose_name_plural = _("stream activity")
+        ordering = ["-bucket"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["process", "stream", "bucket"], name="flosse_activity_bucket"
+            )
+        ]
+        indexes = [models.Index(fields=["bucket"], name="flosse_activity_time")]
+
+    def __str__(self) -> str:
+        return f"{self.stream} {self.process} @{self.bucket}"
 
 
 class BroadcastTopic(models.Model):

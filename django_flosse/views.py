@@ -148,7 +148,8 @@ async def _feed(request: HttpRequest) -> AsyncIterator[Any]:
     """``snapshot`` once, then ``update`` whenever something changed. The broadcast topics
     panel rides along as a ``topics`` key: in the snapshot, then in an update at most every
     ``TOPICS_INTERVAL`` when it changed."""
-    feed = Feed(get_config().dashboard_top)
+    # Shared: every viewer of this process reads one state, computed once per interval.
+    feed = Feed(get_config().dashboard_top, shared=True)
     # One thread of its own for the queries: off the event loop on every server, and its
     # database connection is closed when the feed ends (below).
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flosse-dashboard")

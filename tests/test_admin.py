@@ -138,15 +138,57 @@ def test_filters_and_search(
     assert sorted(shown_streams(response)) == expected
 
 
-def test_user_filter_and_date_hierarchy(client: Client, rows: list[StreamConnection]) -> None:
+def test_user_filter_and_opened_filter(client: Client, rows: list[StreamConnection]) -> None:
     root = User.objects.create_superuser("root", password="pw")
-    make_row(stream="mine", user=root, username="root")
+    make_row(stream="mine", user=root, username="root", closed_at=timezone.now())
     client.force_login(root)
     response = changelist(client, f"?user__id__exact={root.pk}")
     assert shown_streams(response) == ["mine"]
-    year = timezone.localtime(rows[0].opened_at).year
-    response = changelist(client, f"?opened_at__year={year}")
+    # The filtered user is listed (and selected) though no connection of theirs is open.
+    assert re.search(r'<li class="selected">\s*<a [^>]*>root</a>', response.content.decode())
+    html = changelist(client).content.decode()
+    assert f'<a href="?user__id__exact={root.pk}">root</a>' in html  # the column links there
+    assert len(shown_streams(changelist(client, "?user__isnull=True"))) == 3  # anonymous
+    [past_week] = re.findall(r'<a href="(\?opened_at__gte=[^"]*)">Past 7 days</a>', html)
+    response = changelist(client, past_week.replace("&amp;", "&"))
     assert response.status_code == 200 and len(shown_streams(response)) == 4
+
+
+def test_the_user_filter_lists_only_users_with_open_connections(client: Client) -> None:
+    """No enumeration: users with no open connection (or none at all) are not listed."""
+    viewer = user_with("viewer", "view_streamconnection")
+    for i in range(30):
+        User.objects.create_user(f"bystander{i}")
+    connected = User.objects.create_user("connected")
+    gone = User.objects.create_user("gone")
+    make_row(user=connected, username="connected")
+    make_row(user=gone, username="gone", closed_at=timezone.now(), close_reason="cancelled")
+    client.force_login(viewer)
+    html = changelist(client).content.decode()
+    [filter_html] = re.findall(r'data-filter-title="user".*?</details>', html, re.S)
+    assert f"?user__id__exact={connected.pk}" in filter_html
+    assert f"?user__id__exact={gone.pk}" not in filter_html
+    assert "bystander" not in html and "viewer</a>" not in filter_html
+
+
+def test_the_changelist_reads_no_whole_table_for_its_filters(
+    client: Client, rows: list[StreamConnection], django_assert_max_num_queries: Any
+) -> None:
+    """Filters that read every row (DISTINCT over the history, the user table, the dates of
+    a date hierarchy) made the page take seconds on a big history."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    with CaptureQueriesContext(connection) as queries:
+        assert changelist(client).status_code == 200
+    table = StreamConnection._meta.db_table
+    for query in queries:
+        sql = query["sql"]
+        assert "auth_user" not in sql or '"auth_user"."id" =' in sql, sql  # the session's user
+        if table in sql and "DISTINCT" in sql.upper():
+            assert '"closed_at" IS NULL' in sql, sql  # open rows only
+        assert "django_datetime_trunc" not in sql, sql
 
 
 def test_the_admin_closes_rows_of_dead_processes_as_lost(client: Client) -> None:

@@ -29,6 +29,7 @@ from django_flosse import checks
 from django_flosse.checks import (
     check_broadcast,
     check_conn_max_age_under_asgi,
+    check_history_retention,
     check_metrics_access,
     check_middleware,
     check_migrations,
@@ -36,7 +37,7 @@ from django_flosse.checks import (
 from tests.support.servers import free_port
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "checks.md"
-ALL_IDS = {f"django_flosse.W00{n}" for n in range(1, 8)} | {
+ALL_IDS = {f"django_flosse.W00{n}" for n in range(1, 9)} | {
     "django_flosse.I001",
     "django_flosse.E001",
     "django_flosse.E002",
@@ -431,3 +432,22 @@ def test_w007_not_for_a_direct_postgres_connection(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(settings.DATABASES, "events", PG)
     with override_settings(FLOSSE={"BROADCAST_DATABASE": "events"}):
         assert check_broadcast() == []
+
+
+# --------------------------------------------------------------------------- W008
+@pytest.mark.parametrize(
+    ("flosse", "expected"),
+    [
+        ({}, []),  # the defaults bound it (30 days, 1,000,000 rows)
+        ({"PERSISTENCE": True, "RETENTION_DAYS": None}, []),
+        ({"PERSISTENCE": True, "RETENTION_ROWS": None}, []),
+        ({"PERSISTENCE": True, "RETENTION_DAYS": None, "RETENTION_ROWS": None}, ["W008"]),
+        ({"PERSISTENCE": False, "RETENTION_DAYS": None, "RETENTION_ROWS": None}, []),
+    ],
+)
+def test_w008_an_unbounded_history(flosse: dict[str, Any], expected: list[str]) -> None:
+    with override_settings(FLOSSE={"PERSISTENCE": True, **flosse}):
+        messages = check_history_retention()
+    assert [m.id for m in messages] == [f"django_flosse.{e}" for e in expected]
+    for message in messages:
+        assert isinstance(message, Warning) and "RETENTION_ROWS" in (message.hint or "")

@@ -102,3 +102,70 @@ def test_no_retention_keeps_everything(rows: dict[str, StreamConnection]) -> Non
 def test_negative_days_is_an_error(rows: dict[str, StreamConnection]) -> None:
     with pytest.raises(CommandError, match="--days must be 0 or more"):
         prune("--days", "-1")
+
+
+# ---------------------------------------------------------------------- the writer's own retention
+def _closed_rows(count: int, *, days_ago: float = 0.0) -> list[StreamConnection]:
+    now = timezone.now() - timedelta(days=days_ago)
+    return StreamConnection.objects.bulk_create(
+        [
+            StreamConnection(
+                connection_id=uuid.uuid4().hex,
+                stream="prune.flood",
+                process="web-1:1",
+                opened_at=now,
+                last_seen_at=now,
+                closed_at=now,
+                close_reason="cancelled",
+            )
+            for _ in range(count)
+        ]
+    )
+
+
+@override_settings(FLOSSE={"RETENTION_DAYS": 30, "RETENTION_ROWS": None})
+def test_the_writer_applies_retention_days_itself(rows: dict[str, StreamConnection]) -> None:
+    persistence.writer.apply_retention()
+    assert remaining(rows) == {"old_but_closed_recently", "recent_closed", "ancient_open"}
+
+
+@override_settings(FLOSSE={"RETENTION_DAYS": None, "RETENTION_ROWS": 10})
+def test_the_row_cap_keeps_the_newest_rows_and_every_open_one(
+    rows: dict[str, StreamConnection],
+) -> None:
+    newest = _closed_rows(12)
+    persistence.writer.apply_retention()
+    kept = set(StreamConnection.objects.values_list("pk", flat=True))
+    assert kept == {row.pk for row in newest[-10:]} | {rows["ancient_open"].pk}
+
+
+def test_a_pass_deletes_in_batches_and_stops_at_its_budget() -> None:
+    from django_flosse.conf import get_config
+    from django_flosse.observing import _retention
+
+    _closed_rows(25, days_ago=40)
+    objects = StreamConnection.objects.all()
+    first = _retention.prune_history(objects, get_config(), budget=0.0, batch=10)
+    assert (first.deleted, first.more) == (10, True)  # one batch, then out of time
+    rest = _retention.prune_history(objects, get_config(), batch=10)
+    assert (rest.deleted, rest.more) == (15, False)
+    assert not StreamConnection.objects.exists()
+
+
+@override_settings(FLOSSE={"PERSISTENCE": True, "RETENTION_DAYS": None, "RETENTION_ROWS": 5})
+def test_the_writer_prunes_when_it_starts() -> None:
+    from tests.support.history import open_connection
+
+    _closed_rows(20)
+    with persistence.writer.paused():
+        connection = open_connection()
+        persistence.writer.flush()  # a new writer's first flush
+    assert StreamConnection.objects.count() <= 5 + 1  # five closed, and the new open row
+    assert StreamConnection.objects.filter(connection_id=connection.id).exists()
+    persistence.writer.reset()
+
+
+@override_settings(FLOSSE={"RETENTION_DAYS": None, "RETENTION_ROWS": None})
+def test_no_bound_deletes_nothing(rows: dict[str, StreamConnection]) -> None:
+    assert persistence.writer.apply_retention() == 0
+    assert remaining(rows) == set(rows)

@@ -538,3 +538,96 @@ def test_raw_last_event_id_headers_through_a_real_server(
     ok_status, ok_body = raw_request(server, path, b"Last-Event-ID: 7\r\n")
     assert ok_status == 200
     assert [(e.event, e.id) for e in parse_events(ok_body)] == [("resumed", "7")]
+
+
+# ============================================================================ client addresses
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("forwarded", "expected"),
+    [
+        ("198.51.100.23", "198.51.100.23"),
+        ("2001:DB8::1", "2001:db8::1"),  # normal form
+        ("fe80::1%eth0", "fe80::1"),  # without its zone
+        ("<img src=x onerror=alert(1)>", None),
+        ("evil" * 1000, None),
+        ("", "192.0.2.41"),  # no header: REMOTE_ADDR
+    ],
+)
+def test_a_client_address_is_kept_only_when_it_parses(forwarded: str, expected: str | None) -> None:
+    """Registry and logs (and so the dashboard) keep what the history stores: an IP or
+    nothing, never the header's text."""
+    seen: list[Connection] = []
+
+    class Spy:
+        def connection_opened(self, connection: Connection) -> None:
+            seen.append(connection)
+
+        def connection_closed(self, connection: Connection) -> None: ...
+
+        def connection_rejected(self, stream: str, reason: str) -> None: ...
+
+    registry.subscribe(Spy())
+    flosse = {"CLIENT_IP_HEADER": "HTTP_X_FORWARDED_FOR", "PERSISTENCE": False}  # no rows left
+    with override_settings(FLOSSE=flosse), capture_logs() as logs:
+        client = Client(REMOTE_ADDR="192.0.2.41")
+        read_all(client.get("/sync/count/?n=1", HTTP_X_FORWARDED_FOR=forwarded))
+    assert [c.client_ip for c in seen] == [expected]
+    [opened] = [e for e in logs if e["event"] == "sse.connection.opened"]
+    assert opened["client_ip"] == expected
+
+
+@pytest.mark.django_db
+def test_the_dashboard_validates_addresses_that_other_code_registered() -> None:
+    """A connection registered by a project's own code (not through a request) carries
+    whatever it was given: the dashboard still shows an IP or nothing."""
+    connection = Connection(id=uuid.uuid4().hex, stream="sec.other", client_ip="x" * 500)
+    assert registry.open(connection) is None
+    try:
+        rows = dashboard.Feed(top=10).snapshot()["rows"]
+    finally:
+        registry.close(connection, "completed")
+    assert [r["ip"] for r in rows if r["id"] == connection.id] == [None]
+
+
+@pytest.mark.django_db
+def test_what_a_client_sends_is_cut_to_the_documented_lengths() -> None:
+    from django_flosse.conf import get_config
+    from django_flosse.streaming._clients import MAX_PATH_LENGTH, connection_for
+
+    request = RequestFactory().get(
+        "/" + "p" * 5000,
+        HTTP_USER_AGENT="a" * 5000,
+        HTTP_LAST_EVENT_ID="9" * 5000,
+        REMOTE_ADDR="203.0.113.9",
+    )
+    user = User(username="u" * 300, pk=5)
+    connection = connection_for(request, "sec.lengths", user, get_config())
+    assert len(connection.path) == MAX_PATH_LENGTH == 500
+    assert len(connection.user_agent) == len(connection.last_event_id) == MAX_HEADER_LENGTH
+    assert len(connection.username) == 150
+
+
+# ============================================================================ servers and header sizes
+@pytest.mark.server
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("kind", "args", "folded", "big"),
+    [
+        # uvicorn with httptools (uvicorn[standard], the demo) refuses obs-fold, and has no
+        # header size limit of its own: the docs say to bound it in a proxy.
+        ("uvicorn", ("--http", "httptools"), 400, 200),
+        ("uvicorn", ("--http", "h11"), 200, 200),  # folded lines joined with a space
+        ("gunicorn", (), 400, 431),  # limit_request_field_size: 8190
+    ],
+)
+def test_header_limits_of_real_servers_are_as_documented(
+    live_server_factory: Any, kind: str, args: tuple[str, ...], folded: int, big: int
+) -> None:
+    server = live_server_factory(kind, extra_args=list(args))
+    path = "/security/echo-last-id-async/"
+    status, body = raw_request(server, path, b"Last-Event-ID: 1\r\n event: pwned\r\n")
+    assert status == folded
+    if status == 200:
+        assert [(e.event, e.id) for e in parse_events(body)] == [("resumed", "1 event: pwned")]
+    status, _ = raw_request(server, path, b"Last-Event-ID: " + b"9" * 100_000 + b"\r\n")
+    assert status == big

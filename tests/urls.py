@@ -22,6 +22,7 @@ urlpatterns = [
     path("resume/", views.resume),
     path("class/", views.CountView.as_view()),
     path("pid/", views.pid_view),
+    path("dashboard-cost/", views.dashboard_cost),
     path("async/resume/", views.async_resume),
 ]
 

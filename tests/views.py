@@ -161,6 +161,20 @@ class AsyncCountView(View):
         yield ("tick", {"view": type(self).__name__})
 
 
+def dashboard_cost(request: HttpRequest) -> Any:
+    """What this server's dashboard state has cost so far, and the process's CPU."""
+    from django.http import JsonResponse
+
+    from django_flosse.observing._dashboard import board
+
+    times = os.times()
+    return JsonResponse({
+        "computations": board.computations,
+        "feed_cpu": board.cpu_seconds,
+        "process_cpu": times.user + times.system,
+    })  # fmt: skip
+
+
 def pid_view(request: HttpRequest) -> Any:
     from django.http import JsonResponse
 

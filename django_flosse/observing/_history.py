@@ -23,6 +23,15 @@ Why it is built this way:
 - A process identity (``host:pid``) can come back: a restarted container is often pid 1 on
   the same host name. The first flush of a writer closes as ``lost`` the open rows carrying
   its own identity, which no live process can own.
+- Each flush also upserts this process's changed traffic buckets (``_activity``: opens,
+  closes and open connections per stream and 10 seconds) into ``StreamActivity``, in the
+  same transaction: the dashboards of other processes count from them, never from the
+  history's rows, so their cost does not grow with the churn.
+- The history bounds itself: the first flush of a writer, then one every
+  ``_retention.INTERVAL`` seconds, deletes closed rows past ``RETENTION_DAYS`` or beyond
+  ``RETENTION_ROWS`` in small indexed batches (``_retention``), and the buckets the
+  dashboard no longer shows. A client that opens connections as fast as it can cannot grow
+  the table past the bound, and nobody has to remember a cron job.
 - After ``fork()`` (gunicorn workers, multiprocessing) the child starts clean with its own
   thread; what was pending belongs to the parent, which writes it.
 """
@@ -38,14 +47,16 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from .. import reasons
 from ..conf import get_config
+from ..models import StreamActivity
 from ..terminate import close_lost
+from . import _retention
+from ._activity import activity
 from ._rows import (
     OpenRow,
     close_rows,
@@ -54,10 +65,15 @@ from ._rows import (
     objects,
     refresh_rows,
     subscribed_processes,
+    write_activity,
     written,
 )
+from ._sharing import (
+    broadcast_shared,
+    forget_warnings,
+    warn_unshared_broadcast,
+)
 from .log import (
-    BROADCAST_ONE_PROCESS,
     PERSISTENCE_DROPPED,
     PERSISTENCE_ERROR,
     PERSISTENCE_RECOVERED,
@@ -77,40 +93,6 @@ ERROR_LOG_INTERVAL = 60.0
 EXIT_FLUSH_TIMEOUT = 3.0
 #: Seconds between two looks for subscriptions of another process (``memory`` backend).
 SHARING_CHECK_INTERVAL = 10.0
-#: Seconds between two warnings that the ``memory`` backend is used by several processes.
-SHARING_WARN_INTERVAL = 600.0
-
-_sharing_warned: list[float] = []  # when this process last warned (monotonic)
-
-
-def broadcast_shared() -> bool:
-    """Whether the configured broadcast backend reaches every process (not ``memory``).
-
-    Read from the backend's class: the dashboard must not make a backend (and its reader
-    threads) in a process that only looks.
-    """
-    from ..broadcasting.backends import _backend_class
-
-    try:
-        return _backend_class(get_config().broadcast_backend).shared
-    except (ImportError, ImproperlyConfigured):
-        return True  # broadcasting itself fails loudly where it is used: nothing to add
-
-
-def warn_unshared_broadcast(processes: list[str]) -> bool:
-    """Log ``sse.broadcast.memory_backend_shared``, at most once per process per
-    :data:`SHARING_WARN_INTERVAL`; True if it logged now."""
-    now = time.monotonic()
-    if _sharing_warned and now - _sharing_warned[0] < SHARING_WARN_INTERVAL:
-        return False
-    _sharing_warned[:] = [now]
-    get_logger().warning(
-        BROADCAST_ONE_PROCESS,
-        processes=sorted(processes),
-        hint="BROADCAST_BACKEND 'memory' reaches the streams of its own process only: "
-        "use 'database' or 'redis' when several processes stream",
-    )
-    return True
 
 
 class PersistenceWriter:
@@ -145,6 +127,7 @@ class PersistenceWriter:
         self._claimed = False
         self._last_flush = 0.0
         self._last_lost_check = 0.0
+        self._last_retention = 0.0
         self._failing_since: float | None = None
         self._last_error_log = 0.0
         self._dropped = 0
@@ -187,6 +170,9 @@ class PersistenceWriter:
             self._last_flush = time.monotonic()
             if not self._write():
                 return
+            if time.monotonic() - self._last_retention >= _retention.INTERVAL:
+                self._last_retention = time.monotonic()
+                self.apply_retention()
             self._poll_stop_requests()
             config = get_config()
             if time.monotonic() - self._last_lost_check >= min(
@@ -198,6 +184,19 @@ class PersistenceWriter:
             if time.monotonic() - self._last_sharing_check >= SHARING_CHECK_INTERVAL:
                 self._last_sharing_check = time.monotonic()
                 self.check_broadcast_sharing()
+
+    def apply_retention(self) -> int:
+        """Delete history rows past ``RETENTION_DAYS`` / ``RETENTION_ROWS`` (a bounded
+        pass: ``_retention``) and activity rows the dashboard no longer shows."""
+        try:
+            pruned = _retention.prune_history(objects(), get_config())
+            _retention.prune_activity(StreamActivity.objects.using(db()), time.time())
+        except Exception as exc:
+            self._log_failure(exc)
+            return 0
+        if pruned.more:  # a backlog (a flood, or a lower bound just set): go on soon
+            self._last_retention = 0.0
+        return pruned.deleted
 
     def check_broadcast_sharing(self) -> None:
         """Warn when this process streams subscriptions of the ``memory`` broadcast backend
@@ -238,8 +237,9 @@ class PersistenceWriter:
             self._tracked.clear()
             self._claimed = False
             self._last_lost_check = 0.0
+            self._last_retention = 0.0
             self._last_sharing_check = 0.0
-        _sharing_warned.clear()
+        forget_warnings()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread (it is started again by the next connection)."""
@@ -302,7 +302,9 @@ class PersistenceWriter:
             dropped, self._dropped = self._dropped, 0
         if dropped:
             get_logger().error(PERSISTENCE_DROPPED, connections=dropped, limit=MAX_PENDING)
-        if not (pending or finished or known or not self._claimed):
+        # This process's changed traffic buckets, for the dashboards of other processes.
+        buckets = activity.take_rows(time.time())
+        if not (pending or finished or known or buckets or not self._claimed):
             return True
         now = timezone.now()
         me = current_process()
@@ -319,7 +321,10 @@ class PersistenceWriter:
                 inserted = insert_rows(pending, now)
                 close_rows(finished, known, inserted)
                 moved = refresh_rows(known, finished, me, now)
+                if buckets:
+                    write_activity(buckets, me)
         except Exception as exc:
+            activity.give_back(buckets)
             with self._lock:
                 self._pending = {**pending, **self._pending}
                 self._finished = {**finished, **self._finished}

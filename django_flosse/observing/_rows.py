@@ -9,7 +9,6 @@ validated, user keys converted to the key's type, and users deleted meanwhile fo
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,9 +22,10 @@ from django.db.models import ForeignKey
 from django.utils import timezone
 
 from ..broadcasting._messages import MAX_TOPICS
-from ..models import StreamConnection
+from ..models import StreamActivity, StreamConnection
+from ._activity import BucketRow
 from .log import PERSISTENCE_DROPPED, get_logger
-from .registry import Connection, current_process
+from .registry import Connection, client_address, current_process
 
 __all__ = [
     "BATCH_SIZE",
@@ -42,6 +42,7 @@ __all__ = [
     "row_topics",
     "subscribed_processes",
     "update_each",
+    "write_activity",
     "written",
 ]
 
@@ -67,14 +68,6 @@ def as_datetime(timestamp: float) -> datetime:
 def _text(value: str | None, max_length: int) -> str:
     # PostgreSQL refuses NUL in text, and a value longer than the column in varchar.
     return (value or "").replace("\x00", "")[:max_length]
-
-
-def _ip(value: str | None) -> str | None:
-    """A valid address (without an IPv6 zone) or None: a bad header must not block a batch."""
-    try:
-        return str(ipaddress.ip_address((value or "").split("%")[0]))
-    except ValueError:
-        return None
 
 
 def _user_field() -> ForeignKey[Any, Any]:
@@ -121,7 +114,7 @@ def history_row(connection: Connection, now: datetime) -> StreamConnection:
         route=_text(connection.route, 500),
         user_id=_user_pk(connection.user_id),
         username=_text(connection.username, 150),
-        client_ip=_ip(connection.client_ip),
+        client_ip=client_address(connection.client_ip),  # a bad one must not block a batch
         user_agent=_text(connection.user_agent, 512),
         process=_text(connection.process or current_process(), 255),
         opened_at=as_datetime(connection.opened_at),
@@ -279,6 +272,30 @@ def refresh_rows(
     if any(connection_id not in finished for connection_id in known):
         objects().filter(process=me, closed_at__isnull=True).update(last_seen_at=now)
     return moved
+
+
+def write_activity(rows: list[BucketRow], process: str) -> None:
+    """Store this process's changed buckets (``observing._activity``): one upsert."""
+    StreamActivity.objects.using(db()).bulk_create(
+        [
+            StreamActivity(
+                process=process,
+                stream=_text(row.stream, 200),
+                bucket=row.bucket,
+                opened=row.opened,
+                cancelled=row.cancelled,
+                errors=row.errors,
+                active=row.active,
+                events_total=row.events_total,
+                bytes_total=row.bytes_total,
+            )
+            for row in rows
+        ],
+        batch_size=BATCH_SIZE,
+        update_conflicts=True,
+        unique_fields=["process", "stream", "bucket"],
+        update_fields=["opened", "cancelled", "errors", "active", "events_total", "bytes_total"],
+    )
 
 
 def subscribed_processes(exclude: str, limit: int = 10) -> list[str]:

@@ -16,6 +16,7 @@ The registry knows nothing of settings or logging. ``AppConfig.ready()`` wires i
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -33,6 +34,7 @@ __all__ = [
     "Observer",
     "Registry",
     "StreamTotals",
+    "client_address",
     "registry",
 ]
 
@@ -133,6 +135,20 @@ class Observer(Protocol):
     def connection_closed(self, connection: Connection) -> None: ...
 
     def connection_rejected(self, stream: str, reason: str) -> None: ...
+
+
+def client_address(value: object) -> str | None:
+    """``value`` as an IP address in its normal form (an IPv6 zone dropped), or ``None``.
+
+    A client address comes from a header the client may make up (``CLIENT_IP_HEADER``), or
+    from the server: the registry, logs, history and dashboard keep it only when it parses.
+    """
+    if not isinstance(value, str) or not value or len(value) > 64:
+        return None
+    try:
+        return str(ipaddress.ip_address(value.split("%")[0]))
+    except ValueError:
+        return None
 
 
 #: Lag samples a connection keeps for the metrics observer before it drops new ones.

@@ -13,7 +13,7 @@ from typing import Any
 from django.http import HttpRequest
 
 from ..conf import Config
-from ..observing.registry import Connection, current_process
+from ..observing.registry import Connection, client_address, current_process
 
 __all__ = [
     "attach_to_request",
@@ -28,6 +28,10 @@ _CONNECTION_ATTRIBUTE = "_flosse_connection"
 
 #: Longest Last-Event-ID / user agent kept (a header is the client's to make up).
 MAX_HEADER_LENGTH = 512
+#: Longest path kept (the history's column; the server decodes it from the request line).
+MAX_PATH_LENGTH = 500
+#: Longest username kept (Django's own ``User``; a custom user model may allow more).
+MAX_USERNAME_LENGTH = 150
 
 
 def _meta(request: HttpRequest, key: str) -> str:
@@ -37,14 +41,16 @@ def _meta(request: HttpRequest, key: str) -> str:
 
 
 def client_ip(request: HttpRequest, config: Config) -> str | None:
-    """The client address: from the trusted proxy header when configured, else REMOTE_ADDR."""
+    """The client address: from the trusted proxy header when configured, else REMOTE_ADDR;
+    ``None`` unless it parses as an IP (registry, logs, history and dashboard show no other
+    text there)."""
     if not config.record_client_ip:
         return None
     if config.client_ip_header:
         forwarded = _meta(request, config.client_ip_header).split(",")[0].strip()
         if forwarded:
-            return forwarded[:64]
-    return _meta(request, "REMOTE_ADDR")[:64] or None
+            return client_address(forwarded)
+    return client_address(_meta(request, "REMOTE_ADDR"))
 
 
 def last_event_id(request: HttpRequest) -> str:
@@ -68,13 +74,13 @@ def connection_for(request: HttpRequest, stream: str, user: Any, config: Config)
     user_id = username = None
     if user is not None and getattr(user, "is_authenticated", False) is True:
         user_id = str(user.pk)
-        username = str(user.get_username())
+        username = str(user.get_username())[:MAX_USERNAME_LENGTH]
     path = getattr(request, "path", "")
     return Connection(
         id=uuid.uuid4().hex,
         stream=stream,
-        path=path if isinstance(path, str) else "",
-        route=_route(request),
+        path=path[:MAX_PATH_LENGTH] if isinstance(path, str) else "",
+        route=_route(request)[:MAX_PATH_LENGTH],
         user_id=user_id,
         username=username or "",
         client_ip=client_ip(request, config),

@@ -25,6 +25,7 @@ FLOSSE = {
     "FLUSH_INTERVAL": 1.0,
     "LOST_AFTER": 30.0,
     "RETENTION_DAYS": 30,
+    "RETENTION_ROWS": 1_000_000,
     "DASHBOARD_TOP": 100,
     # Ending streams: server shutdown, long streams, stuck clients
     "SHUTDOWN_SIGNALS": True,
