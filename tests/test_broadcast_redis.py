@@ -28,7 +28,7 @@ from django_flosse.broadcasting.backends import get_backend
 from django_flosse.broadcasting.backends.base import Subscriber
 from django_flosse.broadcasting.backends.redis import EPOCH_KEY, RedisBackend, _complete
 from tests.support.observe import wait_until
-from tests.support.redis import RedisServer, find_binary
+from tests.support.redis import RedisServer, own_redis_server
 from tests.support.redis import redis_server_fixture as redis_server_fixture  # the fixture
 
 WAIT = 15.0  # seconds any expected event may take on a loaded machine (never reached)
@@ -52,15 +52,8 @@ def redis(redis_server: RedisServer) -> Iterator[RedisServer]:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A Redis of this test only (it will be stopped and restarted)."""
-    binary = find_binary()
-    if binary is None:
-        pytest.skip("redis-server not found")
-    server = RedisServer(binary).start()
-    try:
-        with settings_for(server):
-            yield server
-    finally:
-        server.stop()
+    with own_redis_server() as server, settings_for(server):
+        yield server
 
 
 def request(last_id: str = "", *, query: bool = False) -> Any:
@@ -443,9 +436,10 @@ def test_outage_with_data_kept_subscribers_stay(own_redis: RedisServer) -> None:
         broadcast("o", "after")
         events = reader.result()
     assert datas(events) == ["before", "during", "after"]
-    errors = [r for r in logs if r["event"] == "sse.broadcast.backend_error"]
+    errors = [r for r in logs if r["event"] == "sse.broadcast.backend_error" and "error" in r]
     assert len(errors) == 1, errors
     assert errors[0]["url"] == own_redis.url
+    assert next(r for r in logs if "recovered_after" in r)["part"] == "reader"
 
 
 def _published(server: RedisServer, topic: str, data: str) -> bool:

@@ -1,0 +1,299 @@
+"""Many broadcast subscribers that behave like browsers, counting what they receive.
+
+The fault tests (``tests/reliability/test_broadcast_outages.py``,
+``test_broadcast_worker_death.py``) and the soak run (``bench/soak_broadcast.py``) hold
+hundreds of these at once, so each is one plain asyncio connection, no httpx. A
+:class:`Follower` does what an ``EventSource`` does: it reads its stream, remembers the last
+id, and when the stream ends or breaks it connects again (with a growing delay, to the
+server ``route`` names) sending that id as ``Last-Event-ID``. It keeps, for the test to
+judge, the data of every event in arrival order, the ``flosse-reset`` events, when each
+heartbeat (``: keep-alive``) came and how often it connected.
+
+Publishers in these scenarios put the topic first in the data (``"t1:p-17"``), so that a
+subscriber of several topics can be checked topic by topic against the history.
+
+Standard library only (the soak run imports it too); everything is bounded: connections per
+follower, bytes per line, every wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+from tests.support.servers import HOST
+from tests.support.wire import request_bytes
+
+RESET = "flosse-reset"
+#: Reconnection delays (seconds): doubling from the first to the last, as browsers back off.
+BACKOFF = (0.05, 1.0)
+#: A follower gives up after this many connections (a bound, never reached when all is well).
+MAX_CONNECTIONS = 50
+#: Seconds a connection may take to answer with its headers.
+CONNECT_TIMEOUT = 10.0
+_MAX_LINE = 1 << 20
+
+
+@dataclass(eq=False)
+class Follower:
+    """One subscriber; ``run`` until ``stop`` is set (see the module docstring)."""
+
+    path: str
+    topics: tuple[str, ...]
+    last_id: str = ""
+    #: The data of every event but resets, in arrival order.
+    received: list[str] = field(default_factory=list)
+    #: Per reset: how many events had arrived before it.
+    resets: list[int] = field(default_factory=list)
+    heartbeats: list[float] = field(default_factory=list)  # time.monotonic() of each
+    connections: int = 0
+    ends: list[float] = field(default_factory=list)  # when a stream ended or broke
+    errors: list[str] = field(default_factory=list)
+    port: int = 0
+    statuses: list[int] = field(default_factory=list)
+
+    async def run(self, route: Callable[[Follower], int], stop: asyncio.Event) -> None:
+        delay = BACKOFF[0]
+        while not stop.is_set() and self.connections < MAX_CONNECTIONS:
+            self.port = route(self)
+            self.connections += 1
+            before = len(self.received) + len(self.heartbeats)
+            try:
+                await self._follow(stop)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.ends.append(time.monotonic())
+            if stop.is_set():
+                return
+            got_something = len(self.received) + len(self.heartbeats) > before
+            delay = BACKOFF[0] if got_something else min(delay * 2, BACKOFF[1])
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(HOST, self.port, limit=_MAX_LINE), CONNECT_TIMEOUT
+        )
+        try:
+            writer.write(request_bytes(self.port, self.path, headers))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONNECT_TIMEOUT)
+            self.statuses.append(int(head.split(b" ", 2)[1]))
+            chunked = b"transfer-encoding: chunked" in head.lower()
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                lines = _chunked_lines(reader) if chunked else _plain_lines(reader)
+                event: dict[str, str] = {}
+                async for line in _until(lines, stopping):
+                    self._line(line, event)
+            finally:
+                stopping.cancel()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    def _line(self, line: str, event: dict[str, str]) -> None:
+        if not line:
+            if "data" in event:
+                if "id" in event:
+                    self.last_id = event["id"]
+                if event.get("event") == RESET:
+                    self.resets.append(len(self.received))
+                else:
+                    self.received.append(event["data"])
+            event.clear()
+        elif line.startswith(":"):
+            self.heartbeats.append(time.monotonic())
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            event[name] = event[name] + "\n" + value if name in event else value
+
+    # -- what the test judges ---------------------------------------------------------------
+    def datas(self, topic: str) -> list[str]:
+        prefix = topic + ":"
+        return [data for data in self.received if data.startswith(prefix)]
+
+    def heartbeats_between(self, start: float, end: float) -> int:
+        return sum(1 for at in self.heartbeats if start <= at <= end)
+
+    def has(self, data: str) -> bool:
+        return data in self.received
+
+
+async def _until(lines: AsyncIterator[str], stopping: asyncio.Future[object]) -> AsyncIterator[str]:
+    """The lines of ``lines`` until ``stopping`` is done (then the stream is left)."""
+    iterator = lines.__aiter__()
+    while True:
+        nxt = asyncio.ensure_future(iterator.__anext__())
+        await asyncio.wait({nxt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not nxt.done():
+            nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await nxt
+            return
+        try:
+            yield nxt.result()
+        except StopAsyncIteration:
+            return
+
+
+async def _plain_lines(reader: asyncio.StreamReader) -> AsyncIterator[str]:
+    buffer = b""
+    while chunk := await reader.read(65536):
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+
+
+async def _chunked_lines(reader: asyncio.StreamReader) -> AsyncIterator[str]:
+    """The lines of a chunked body, however the chunks cut them."""
+    buffer = b""
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            return
+        buffer += await reader.readexactly(size)
+        await reader.readexactly(2)
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+
+
+async def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Until ``check()`` (True), or ``timeout`` seconds (False)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
+
+
+def exactly_once(received: list[str], truth: list[str]) -> tuple[int, int]:
+    """(missing, duplicated) of ``received`` against ``truth`` (order aside)."""
+    seen: dict[str, int] = {}
+    for data in received:
+        seen[data] = seen.get(data, 0) + 1
+    missing = sum(1 for data in truth if data not in seen)
+    duplicated = sum(count - 1 for count in seen.values() if count > 1)
+    return missing, duplicated
+
+
+def topics_of(path: str) -> tuple[str, ...]:
+    """The topics of a test view's path ``/broadcast/<view>/<a,b>/``."""
+    return tuple(path.rstrip("/").rsplit("/", 1)[1].split(","))
+
+
+def spread(paths: Iterable[str], count: int) -> list[str]:
+    """``count`` paths, taking ``paths`` in turn."""
+    cycle = list(paths)
+    return [cycle[i % len(cycle)] for i in range(count)]
+
+
+class Publisher:
+    """``tests.support.broadcast_publisher --keep-going`` in a process of its own: it
+    publishes ``"<topic>:<prefix>-<i>"`` until :meth:`finish` (or ``count`` events), retrying
+    each event until it goes through; its report lines are collected as they come."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        topics: str,
+        prefix: str,
+        *,
+        interval: float = 0.02,
+        count: int = 0,
+        cwd: str | None = None,
+    ) -> None:
+        from tests.support.servers import REPO_ROOT
+
+        self.oks: list[str] = []
+        self.failures: list[tuple[str, str, float]] = []  # data, error, time.monotonic()
+        self.done: int | None = None
+        self.other: list[str] = []  # lines of stdout that are not reports
+        self.first_failure_index: int | None = None  # len(oks) at the first failure
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in finish)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "tests.support.broadcast_publisher", "--keep-going",
+                "--topics", topics, "--prefix", prefix, "--interval", str(interval),
+                "--count", str(count),
+            ],
+            cwd=cwd or REPO_ROOT,
+            env={**os.environ, **env, "PGAPPNAME": f"publisher-{prefix}"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if count:  # exactly ``count`` events
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                report = json.loads(line)
+            except ValueError:  # something else printed to stdout (a log line)
+                self.other.append(line)
+                continue
+            if "ok" in report:
+                self.oks.append(report["ok"])
+            elif "failed" in report:
+                if self.first_failure_index is None:
+                    self.first_failure_index = len(self.oks)
+                self.failures.append((report["failed"], report["error"], time.monotonic()))
+            elif "done" in report:
+                self.done = report["done"]
+
+    def finish(self, timeout: float = 60.0) -> str:
+        """Tell it to stop after the event it is on; wait; its stderr (empty when all went
+        well). Raises AssertionError if it failed or did not end in time."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout)
+        self._close_pipes()
+        self._stderr.seek(0)
+        err = self._stderr.read()
+        self._stderr.close()
+        assert self.proc.returncode == 0 and self.done is not None, err[-3000:]
+        return err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(10)
+        self._close_pipes()
+        if not self._stderr.closed:
+            self._stderr.close()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                with contextlib.suppress(OSError):
+                    pipe.close()
