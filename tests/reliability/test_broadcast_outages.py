@@ -29,11 +29,20 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from tests.support.fleet import Follower, Publisher, exactly_once, spread, topics_of, wait_for
+from tests.support.broadcast_publisher import Publisher
+from tests.support.fleet import (
+    Follower,
+    exactly_once,
+    servers_for,
+    spread,
+    start_id,
+    table_history,
+    topics_of,
+    wait_for,
+)
 from tests.support.observe import flosse_records, state
 from tests.support.postgres import PostgresCluster, running_cluster
 from tests.support.redis import RedisServer, own_redis_server
@@ -70,18 +79,15 @@ def own_redis() -> Iterator[RedisServer]:
         yield server
 
 
-def start_id(tag: str, topics: tuple[str, ...], zero: Any, fmt: Callable[[Any], str]) -> str:
-    """The id of the position before the topics' first event, as a server makes it."""
-    from django_flosse.broadcasting._ids import IdFormat
-
-    names = sorted(topics)
-    return IdFormat(tag, names, fmt, lambda text: None).format(dict.fromkeys(names, zero))
-
-
 class Scenario:
     """The workers, the followers and the publisher of one test."""
 
-    def __init__(self, servers: list[LiveServer], env: dict[str, str], first_id: Any) -> None:
+    def __init__(
+        self,
+        servers: list[LiveServer],
+        env: dict[str, str],
+        first_id: Callable[[tuple[str, ...]], str],
+    ) -> None:
         self.servers = servers
         self.env = env
         self.followers = [
@@ -181,16 +187,6 @@ class Scenario:
         return sum(len(f.received) for f in self.followers)
 
 
-async def servers_for(
-    factory: Callable[..., LiveServer], env: dict[str, str], count: int = 2
-) -> list[LiveServer]:
-    return list(
-        await asyncio.gather(
-            *(asyncio.to_thread(factory, "uvicorn", env=env) for _ in range(count))
-        )
-    )
-
-
 def errors_by_part(server: LiveServer) -> dict[str, int]:
     """``sse.broadcast.backend_error`` lines of ``server`` that start an outage, by part."""
     counts: dict[str, int] = {}
@@ -213,24 +209,12 @@ def recoveries(server: LiveServer) -> set[str]:
 
 
 def pg_history(cluster: PostgresCluster) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
-    """Per topic: the data of its events and their positions, in position order."""
-    events: dict[str, list[str]] = {t: [] for t in TOPICS}
-    positions: dict[str, list[int]] = {t: [] for t in TOPICS}
-    with cluster.connect() as conn:  # type: ignore[attr-defined]
-        rows = conn.execute(
-            "SELECT topic, position, body FROM django_flosse_broadcastmessage "
-            "ORDER BY topic, position"
-        ).fetchall()
-    for topic, position, body in rows:
-        data = "\n".join(line[6:] for line in body.split("\n") if line.startswith("data: "))
-        events[topic].append(data)
-        positions[topic].append(position)
-    return events, positions
+    return table_history(cluster.connect, TOPICS)
 
 
 def pg_sessions(cluster: PostgresCluster) -> int:
     """Sessions on the test database other than this one."""
-    with cluster.connect() as conn:  # type: ignore[attr-defined]
+    with cluster.connect() as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -243,7 +227,7 @@ async def test_postgresql_restart_loses_nothing_and_repeats_nothing(
     live_server_factory: Callable[..., LiveServer],
     figure: Callable[[str], None],
 ) -> None:
-    with own_postgres.connect(autocommit=True) as conn:  # type: ignore[attr-defined]
+    with own_postgres.connect(autocommit=True) as conn:
         conn.execute("TRUNCATE django_flosse_broadcastmessage, django_flosse_broadcasttopic")
     env = {"DJANGO_SETTINGS_MODULE": SETTINGS, "FLOSSE_FAULTS_BACKEND": "database"}
     env.update(own_postgres.env())

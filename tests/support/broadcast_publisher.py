@@ -12,18 +12,26 @@ worker or a cron job of the project would, and publishes with ``broadcast()``:
                                           --count), each retried until it is published
 
 It prints "done <n>" when it has published everything. With ``--keep-going`` it prints one
-JSON line per attempt instead (``{"ok": data}`` or ``{"failed": data, "error": ...}``, what
-``tests.support.fleet.Publisher`` counts), and ``{"done": n}`` at the end.
+JSON line per attempt instead (``{"ok": data}`` or ``{"failed": data, "error": ...}``), and
+``{"done": n}`` at the end: :class:`Publisher` runs it so and counts them (standard library
+only here: the soak run uses it too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Seconds between two attempts at one event while the engine is down (the last repeats).
 RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5)
@@ -108,6 +116,100 @@ def keep_going(broadcast: Any, topics: list[str], args: argparse.Namespace) -> N
 
 def report(what: dict[str, Any]) -> None:
     print(json.dumps(what), flush=True)
+
+
+class Publisher:
+    """``tests.support.broadcast_publisher --keep-going`` in a process of its own: it
+    publishes ``"<topic>:<prefix>-<i>"`` until :meth:`finish` (or ``count`` events), retrying
+    each event until it goes through; its report lines are collected as they come."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        topics: str,
+        prefix: str,
+        *,
+        interval: float = 0.02,
+        count: int = 0,
+        cwd: str | None = None,
+    ) -> None:
+        self.oks: list[str] = []
+        self.failures: list[tuple[str, str, float]] = []  # data, error, time.monotonic()
+        self.done: int | None = None
+        self.other: list[str] = []  # lines of stdout that are not reports
+        self.first_failure_index: int | None = None  # len(oks) at the first failure
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in finish)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "tests.support.broadcast_publisher", "--keep-going",
+                "--topics", topics, "--prefix", prefix, "--interval", str(interval),
+                "--count", str(count),
+            ],
+            cwd=cwd or _REPO_ROOT,
+            env={**os.environ, **env, "PGAPPNAME": f"publisher-{prefix}"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if count:  # exactly ``count`` events
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                report = json.loads(line)
+            except ValueError:  # something else printed to stdout (a log line)
+                self.other.append(line)
+                continue
+            if "ok" in report:
+                self.oks.append(report["ok"])
+            elif "failed" in report:
+                if self.first_failure_index is None:
+                    self.first_failure_index = len(self.oks)
+                self.failures.append((report["failed"], report["error"], time.monotonic()))
+            elif "done" in report:
+                self.done = report["done"]
+
+    def finish(self, timeout: float = 60.0) -> str:
+        """Tell it to stop after the event it is on; wait; its stderr (empty when all went
+        well). Raises AssertionError if it failed or did not end in time."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout)
+        self._close_pipes()
+        self._stderr.seek(0)
+        err = self._stderr.read()
+        self._stderr.close()
+        assert self.proc.returncode == 0 and self.done is not None, err[-3000:]
+        return err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(10)
+        self._close_pipes()
+        if not self._stderr.closed:
+            self._stderr.close()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None and not pipe.closed:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 if __name__ == "__main__":

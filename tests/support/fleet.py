@@ -20,15 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.support.servers import HOST
 from tests.support.wire import request_bytes
@@ -60,6 +55,9 @@ class Follower:
     errors: list[str] = field(default_factory=list)
     port: int = 0
     statuses: list[int] = field(default_factory=list)
+    #: Reconnect with ``?lastEventId=`` (what a page that restarts its EventSource itself
+    #: sends) instead of the ``Last-Event-ID`` header.
+    query: bool = False
 
     async def run(self, route: Callable[[Follower], int], stop: asyncio.Event) -> None:
         delay = BACKOFF[0]
@@ -80,12 +78,16 @@ class Follower:
                 await asyncio.wait_for(stop.wait(), delay)
 
     async def _follow(self, stop: asyncio.Event) -> None:
-        headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+        path, headers = self.path, {}
+        if self.last_id and self.query and self.connections > 1:
+            path += f"?lastEventId={self.last_id}"
+        elif self.last_id:
+            headers["Last-Event-ID"] = self.last_id
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(HOST, self.port, limit=_MAX_LINE), CONNECT_TIMEOUT
         )
         try:
-            writer.write(request_bytes(self.port, self.path, headers))
+            writer.write(request_bytes(self.port, path, headers))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONNECT_TIMEOUT)
             self.statuses.append(int(head.split(b" ", 2)[1]))
             chunked = b"transfer-encoding: chunked" in head.lower()
@@ -203,97 +205,44 @@ def spread(paths: Iterable[str], count: int) -> list[str]:
     return [cycle[i % len(cycle)] for i in range(count)]
 
 
-class Publisher:
-    """``tests.support.broadcast_publisher --keep-going`` in a process of its own: it
-    publishes ``"<topic>:<prefix>-<i>"`` until :meth:`finish` (or ``count`` events), retrying
-    each event until it goes through; its report lines are collected as they come."""
+def start_id(tag: str, topics: tuple[str, ...], zero: Any, fmt: Callable[[Any], str]) -> str:
+    """The id of the position before the topics' first event, as a server makes it: a
+    client that sends it replays everything, so it need not be joined before publishing."""
+    from django_flosse.broadcasting._ids import IdFormat
 
-    def __init__(
-        self,
-        env: dict[str, str],
-        topics: str,
-        prefix: str,
-        *,
-        interval: float = 0.02,
-        count: int = 0,
-        cwd: str | None = None,
-    ) -> None:
-        from tests.support.servers import REPO_ROOT
+    names = sorted(topics)
+    return IdFormat(tag, names, fmt, lambda text: None).format(dict.fromkeys(names, zero))
 
-        self.oks: list[str] = []
-        self.failures: list[tuple[str, str, float]] = []  # data, error, time.monotonic()
-        self.done: int | None = None
-        self.other: list[str] = []  # lines of stdout that are not reports
-        self.first_failure_index: int | None = None  # len(oks) at the first failure
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in finish)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "tests.support.broadcast_publisher", "--keep-going",
-                "--topics", topics, "--prefix", prefix, "--interval", str(interval),
-                "--count", str(count),
-            ],
-            cwd=cwd or REPO_ROOT,
-            env={**os.environ, **env, "PGAPPNAME": f"publisher-{prefix}"},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-        )  # fmt: skip
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if count:  # exactly ``count`` events
-            assert self.proc.stdin is not None
-            self.proc.stdin.write("stop\n")
-            self.proc.stdin.flush()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                report = json.loads(line)
-            except ValueError:  # something else printed to stdout (a log line)
-                self.other.append(line)
-                continue
-            if "ok" in report:
-                self.oks.append(report["ok"])
-            elif "failed" in report:
-                if self.first_failure_index is None:
-                    self.first_failure_index = len(self.oks)
-                self.failures.append((report["failed"], report["error"], time.monotonic()))
-            elif "done" in report:
-                self.done = report["done"]
+def table_history(
+    connect: Callable[[], Any], topics: Iterable[str]
+) -> tuple[dict[str, list[str]], dict[str, list[int]]]:
+    """The ``database`` backend's history (``connect()``: a DB-API connection to it): per
+    topic, the data of its events and their positions, in position order."""
+    events: dict[str, list[str]] = {t: [] for t in topics}
+    positions: dict[str, list[int]] = {t: [] for t in topics}
+    with contextlib.closing(connect()) as conn:
+        cursor = conn.cursor()
+        cursor.execute(
+            "SELECT topic, position, body FROM django_flosse_broadcastmessage "
+            "ORDER BY topic, position"
+        )
+        rows = cursor.fetchall()
+    for topic, position, body in rows:
+        if topic in events:
+            data = "\n".join(line[6:] for line in body.split("\n") if line.startswith("data: "))
+            events[topic].append(data)
+            positions[topic].append(position)
+    return events, positions
 
-    def finish(self, timeout: float = 60.0) -> str:
-        """Tell it to stop after the event it is on; wait; its stderr (empty when all went
-        well). Raises AssertionError if it failed or did not end in time."""
-        assert self.proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            self.proc.stdin.write("stop\n")
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(timeout)
-        self._close_pipes()
-        self._stderr.seek(0)
-        err = self._stderr.read()
-        self._stderr.close()
-        assert self.proc.returncode == 0 and self.done is not None, err[-3000:]
-        return err
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(10)
-        self._close_pipes()
-        if not self._stderr.closed:
-            self._stderr.close()
-
-    def _close_pipes(self) -> None:
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None and not pipe.closed:
-                with contextlib.suppress(OSError):
-                    pipe.close()
+async def servers_for(
+    factory: Callable[..., Any], env: dict[str, str], count: int = 2
+) -> list[Any]:
+    """``count`` uvicorn workers started side by side with ``factory`` (``LiveServer``
+    arguments), on the settings in ``env``."""
+    return list(
+        await asyncio.gather(
+            *(asyncio.to_thread(factory, "uvicorn", env=env) for _ in range(count))
+        )
+    )

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,11 +122,13 @@ class PostgresCluster:
     def start_again(self) -> None:
         self._pg_ctl_start()
 
-    def connect(self, **kwargs: object) -> object:
+    def connect(self, autocommit: bool = False) -> Any:
         """A psycopg connection to the test database (close it, or use it in ``with``)."""
         import psycopg
 
-        return psycopg.connect(host=HOST, port=self.port, user=SUPERUSER, dbname=DATABASE, **kwargs)  # type: ignore[arg-type]
+        return psycopg.connect(
+            host=HOST, port=self.port, user=SUPERUSER, dbname=DATABASE, autocommit=autocommit
+        )
 
     def _create_database(self) -> None:
         import psycopg
