@@ -34,6 +34,9 @@ import pytest
 
 from tests.support.broadcast_publisher import Publisher
 from tests.support.fleet import (
+    PATHS,
+    SETTINGS,
+    TOPICS,
     Follower,
     exactly_once,
     servers_for,
@@ -44,7 +47,8 @@ from tests.support.fleet import (
     wait_for,
 )
 from tests.support.observe import flosse_records, state
-from tests.support.postgres import PostgresCluster, running_cluster
+from tests.support.postgres import PostgresCluster
+from tests.support.postgres import own_postgres_fixture as own_postgres_fixture  # the fixture
 from tests.support.redis import RedisServer, own_redis_server
 from tests.support.servers import LiveServer
 from tests.support.wire import get_json
@@ -56,21 +60,11 @@ pytestmark = [
     pytest.mark.timeout(240),
 ]
 
-SETTINGS = "tests.reliability.settings_faults"
 #: Subscribers over the two workers (FLOSSE_FAULTS_SUBSCRIBERS to change it).
 SUBSCRIBERS = int(os.environ.get("FLOSSE_FAULTS_SUBSCRIBERS", "200"))
 WAIT = 60.0  # seconds any one condition may take on a loaded machine (never reached)
-TOPICS = ("t1", "t2")
-PATHS = [f"/broadcast/{view}/{t}/" for t in ("t1", "t2", "t1,t2") for view in ("async", "sync")]
 ERROR = "sse.broadcast.backend_error"
 UNHANDLED = "Exception in ASGI application"
-
-
-@pytest.fixture(scope="module")
-def own_postgres() -> Iterator[PostgresCluster]:
-    """A PostgreSQL of this module only: it is stopped and started again."""
-    with running_cluster(SETTINGS) as cluster:
-        yield cluster
 
 
 @pytest.fixture

@@ -20,12 +20,15 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from tests.support.broadcast_publisher import Publisher
 from tests.support.fleet import (
+    PATHS,
+    SETTINGS,
+    TOPICS,
     Follower,
     exactly_once,
     servers_for,
@@ -35,7 +38,8 @@ from tests.support.fleet import (
     topics_of,
     wait_for,
 )
-from tests.support.postgres import PostgresCluster, running_cluster
+from tests.support.postgres import PostgresCluster
+from tests.support.postgres import own_postgres_fixture as own_postgres_fixture  # the fixture
 from tests.support.servers import LiveServer
 
 pytestmark = [
@@ -45,18 +49,9 @@ pytestmark = [
     pytest.mark.timeout(240),
 ]
 
-SETTINGS = "tests.reliability.settings_faults"
 WAIT = 60.0  # seconds any one condition may take on a loaded machine (never reached)
-TOPICS = ("t1", "t2")
 DOOMED = int(os.environ.get("FLOSSE_FAULTS_DOOMED", "500"))
 SURVIVING = 50
-PATHS = [f"/broadcast/{view}/{t}/" for t in ("t1", "t2", "t1,t2") for view in ("async", "sync")]
-
-
-@pytest.fixture(scope="module")
-def own_postgres() -> Iterator[PostgresCluster]:
-    with running_cluster(SETTINGS) as cluster:
-        yield cluster
 
 
 def rows_of(cluster: PostgresCluster, process: str) -> dict[str | None, int]:

@@ -29,6 +29,12 @@ from tests.support.servers import HOST
 from tests.support.wire import request_bytes
 
 RESET = "flosse-reset"
+#: The settings of the servers of these scenarios, and their topics and views.
+SETTINGS = "tests.reliability.settings_faults"
+TOPICS = ("t1", "t2")
+PATHS = tuple(
+    f"/broadcast/{view}/{topics}/" for topics in ("t1", "t2", "t1,t2") for view in ("async", "sync")
+)
 #: Reconnection delays (seconds): doubling from the first to the last, as browsers back off.
 BACKOFF = (0.05, 1.0)
 #: A follower gives up after this many connections (a bound, never reached when all is well).

@@ -195,3 +195,10 @@ def postgres_fixture() -> Iterator[PostgresCluster]:
     """A migrated PostgreSQL database for ``tests.settings_pg``, for the whole session."""
     with running_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module", name="own_postgres")
+def own_postgres_fixture() -> Iterator[PostgresCluster]:
+    """A migrated cluster of one test module only: its tests may stop and restart it."""
+    with running_cluster() as cluster:
+        yield cluster
