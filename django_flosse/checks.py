@@ -413,3 +413,8 @@ def check_broadcast(
                 )
             )
     return messages
+
+
+# --------------------------------------------------------------------------- W008, W009
+# What the broadcast backend promises in production (deploy checks): a module of its own.
+from .broadcasting import checks as _broadcast_checks  # noqa: E402, F401  (registers them)

@@ -31,6 +31,7 @@ from tests.support.fleet import (
     TOPICS,
     Follower,
     exactly_once,
+    history_rows,
     servers_for,
     spread,
     start_id,
@@ -52,17 +53,6 @@ pytestmark = [
 WAIT = 60.0  # seconds any one condition may take on a loaded machine (never reached)
 DOOMED = int(os.environ.get("FLOSSE_FAULTS_DOOMED", "500"))
 SURVIVING = 50
-
-
-def rows_of(cluster: PostgresCluster, process: str) -> dict[str | None, int]:
-    """The history rows of ``process``: how many by close reason (``None``: still open)."""
-    with cluster.connect() as conn:
-        rows = conn.execute(
-            "SELECT close_reason, count(*) FROM django_flosse_streamconnection "
-            "WHERE process = %s GROUP BY close_reason",
-            (process,),
-        ).fetchall()
-    return {reason or None: count for reason, count in rows}
 
 
 async def test_a_killed_worker_s_subscribers_resume_on_the_survivor_exactly(
@@ -92,8 +82,10 @@ async def test_a_killed_worker_s_subscribers_resume_on_the_survivor_exactly(
         streaming = await wait_for(lambda: all(len(f.received) >= 3 for f in followers), WAIT)
         assert streaming, [(f.path, len(f.received), f.errors) for f in followers][:5]
         # Its rows are written (the worker's writer flushes every second).
-        written = await wait_for(lambda: rows_of(own_postgres, process).get(None) == DOOMED, WAIT)
-        assert written, rows_of(own_postgres, process)
+        written = await wait_for(
+            lambda: history_rows(own_postgres.connect, process).get(None) == DOOMED, WAIT
+        )
+        assert written, history_rows(own_postgres.connect, process)
         before = {f: len(f.received) for f in moved}
         killed = time.monotonic()
         doomed.send_signal(signal.SIGKILL)
@@ -106,9 +98,11 @@ async def test_a_killed_worker_s_subscribers_resume_on_the_survivor_exactly(
         assert back, [(f.path, f.connections, f.errors) for f in moved if not resumed(f)][:5]
         recovery = time.monotonic() - killed
         all_lost = await wait_for(
-            lambda: rows_of(own_postgres, process) == {"lost": DOOMED}, WAIT, interval=0.2
+            lambda: history_rows(own_postgres.connect, process) == {"lost": DOOMED},
+            WAIT,
+            interval=0.2,
         )
-        assert all_lost, rows_of(own_postgres, process)
+        assert all_lost, history_rows(own_postgres.connect, process)
         lost_after = time.monotonic() - killed
         await asyncio.to_thread(publisher.finish, WAIT)
         history, positions = await asyncio.to_thread(table_history, own_postgres.connect, TOPICS)

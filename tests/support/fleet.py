@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +58,8 @@ class Follower:
     received: list[str] = field(default_factory=list)
     #: Per reset: how many events had arrived before it.
     resets: list[int] = field(default_factory=list)
-    heartbeats: list[float] = field(default_factory=list)  # time.monotonic() of each
+    #: time.monotonic() of each heartbeat (the last thousand).
+    heartbeats: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     connections: int = 0
     ends: list[float] = field(default_factory=list)  # when a stream ended or broke
     errors: list[str] = field(default_factory=list)
@@ -64,13 +68,27 @@ class Follower:
     #: Reconnect with ``?lastEventId=`` (what a page that restarts its EventSource itself
     #: sends) instead of the ``Last-Event-ID`` header.
     query: bool = False
+    #: False: only count (the soak's thousand followers for minutes): ``received`` stays
+    #: empty, ``tally`` counts per topic, ``disorder`` counts events that came out of the
+    #: publisher's order or twice (their ``-<i>`` suffix not above the last one's).
+    keep: bool = True
+    tally: dict[str, int] = field(default_factory=dict)
+    disorder: int = 0
+    events: int = 0  # every event but resets
+    max_connections: int = MAX_CONNECTIONS
+    _last_index: dict[str, int] = field(default_factory=dict)
+    _writer: asyncio.StreamWriter | None = None
+    _allowed: asyncio.Event | None = None
 
     async def run(self, route: Callable[[Follower], int], stop: asyncio.Event) -> None:
+        self._allowed = asyncio.Event()
+        self._allowed.set()
         delay = BACKOFF[0]
-        while not stop.is_set() and self.connections < MAX_CONNECTIONS:
+        while not stop.is_set() and self.connections < self.max_connections:
+            await self._allowed.wait()
             self.port = route(self)
             self.connections += 1
-            before = len(self.received) + len(self.heartbeats)
+            before = self.events + len(self.heartbeats)
             try:
                 await self._follow(stop)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -78,10 +96,23 @@ class Follower:
             self.ends.append(time.monotonic())
             if stop.is_set():
                 return
-            got_something = len(self.received) + len(self.heartbeats) > before
+            got_something = self.events + len(self.heartbeats) > before
             delay = BACKOFF[0] if got_something else min(delay * 2, BACKOFF[1])
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+
+    def drop(self, *, hold: bool = False) -> None:
+        """Break the connection as a crashed tab or a lost network does (RST); ``hold``:
+        do not reconnect before :meth:`release`."""
+        if hold and self._allowed is not None:
+            self._allowed.clear()
+        writer = self._writer
+        if writer is not None:
+            rst(writer)
+
+    def release(self) -> None:
+        if self._allowed is not None:
+            self._allowed.set()
 
     async def _follow(self, stop: asyncio.Event) -> None:
         path, headers = self.path, {}
@@ -92,6 +123,7 @@ class Follower:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(HOST, self.port, limit=_MAX_LINE), CONNECT_TIMEOUT
         )
+        self._writer = writer
         try:
             writer.write(request_bytes(self.port, path, headers))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONNECT_TIMEOUT)
@@ -106,6 +138,7 @@ class Follower:
             finally:
                 stopping.cancel()
         finally:
+            self._writer = None
             writer.close()
             with contextlib.suppress(OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
@@ -116,9 +149,9 @@ class Follower:
                 if "id" in event:
                     self.last_id = event["id"]
                 if event.get("event") == RESET:
-                    self.resets.append(len(self.received))
+                    self.resets.append(self.events)
                 else:
-                    self.received.append(event["data"])
+                    self._note(event["data"])
             event.clear()
         elif line.startswith(":"):
             self.heartbeats.append(time.monotonic())
@@ -126,6 +159,18 @@ class Follower:
             name, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             event[name] = event[name] + "\n" + value if name in event else value
+
+    def _note(self, data: str) -> None:
+        self.events += 1
+        if self.keep:
+            self.received.append(data)
+            return
+        topic, _, name = data.partition(":")
+        self.tally[topic] = self.tally.get(topic, 0) + 1
+        index = int(name.rpartition("-")[2]) if name[-1:].isdigit() else -1
+        if index <= self._last_index.get(topic, -1):
+            self.disorder += 1
+        self._last_index[topic] = index
 
     # -- what the test judges ---------------------------------------------------------------
     def datas(self, topic: str) -> list[str]:
@@ -137,6 +182,15 @@ class Follower:
 
     def has(self, data: str) -> bool:
         return data in self.received
+
+
+def rst(writer: asyncio.StreamWriter) -> None:
+    """Close abruptly: SO_LINGER 0 makes the kernel send RST instead of FIN."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 async def _until(lines: AsyncIterator[str], stopping: asyncio.Future[object]) -> AsyncIterator[str]:
@@ -240,6 +294,20 @@ def table_history(
             events[topic].append(data)
             positions[topic].append(position)
     return events, positions
+
+
+def history_rows(connect: Callable[[], Any], process: str) -> dict[str | None, int]:
+    """The connection history rows of ``process`` (``host:pid``) by close reason (``None``:
+    still open), read through ``connect()``."""
+    with contextlib.closing(connect()) as conn:
+        cursor = conn.cursor()
+        cursor.execute(
+            "SELECT close_reason, count(*) FROM django_flosse_streamconnection "
+            "WHERE process = %s GROUP BY close_reason",
+            (process,),
+        )
+        rows = cursor.fetchall()
+    return {reason or None: count for reason, count in rows}
 
 
 async def servers_for(
