@@ -42,8 +42,9 @@ PATHS = tuple(
 BACKOFF = (0.05, 1.0)
 #: A follower gives up after this many connections (a bound, never reached when all is well).
 MAX_CONNECTIONS = 50
-#: Seconds a connection may take to answer with its headers.
-CONNECT_TIMEOUT = 10.0
+#: Seconds a connection may take to answer with its headers (a browser waits far longer; a
+#: short one would make an overloaded server's clients reconnect, and overload it more).
+CONNECT_TIMEOUT = 60.0
 _MAX_LINE = 1 << 20
 
 
@@ -78,6 +79,7 @@ class Follower:
     max_connections: int = MAX_CONNECTIONS
     _last_index: dict[str, int] = field(default_factory=dict)
     _writer: asyncio.StreamWriter | None = None
+    _drop_pending: bool = False  # drop() came while connecting: drop once connected
     _allowed: asyncio.Event | None = None
 
     async def run(self, route: Callable[[Follower], int], stop: asyncio.Event) -> None:
@@ -86,6 +88,7 @@ class Follower:
         delay = BACKOFF[0]
         while not stop.is_set() and self.connections < self.max_connections:
             await self._allowed.wait()
+            self._drop_pending = False  # a drop between two connections has happened
             self.port = route(self)
             self.connections += 1
             before = self.events + len(self.heartbeats)
@@ -109,6 +112,8 @@ class Follower:
         writer = self._writer
         if writer is not None:
             rst(writer)
+        else:
+            self._drop_pending = True
 
     def release(self) -> None:
         if self._allowed is not None:
@@ -124,6 +129,9 @@ class Follower:
             asyncio.open_connection(HOST, self.port, limit=_MAX_LINE), CONNECT_TIMEOUT
         )
         self._writer = writer
+        if self._drop_pending:
+            self._drop_pending = False
+            rst(writer)
         try:
             writer.write(request_bytes(self.port, path, headers))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONNECT_TIMEOUT)
