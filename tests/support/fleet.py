@@ -9,8 +9,13 @@ server ``route`` names) sending that id as ``Last-Event-ID``. It keeps, for the 
 judge, the data of every event in arrival order, the ``flosse-reset`` events, when each
 heartbeat (``: keep-alive``) came and how often it connected.
 
-Publishers in these scenarios put the topic first in the data (``"t1:p-17"``), so that a
-subscriber of several topics can be checked topic by topic against the history.
+Publishers in these scenarios (``tests.support.broadcast_publisher.Publisher``) put the
+topic first in the data (``"t1:p-17"``), so that a subscriber of several topics can be
+checked topic by topic against the history: ``table_history`` reads the ``database``
+backend's, ``history_rows`` the connection history of a process; ``start_id`` makes the id
+of the position before a topic's first event (a follower that starts from it replays
+everything, so it need not be joined before the publisher starts). With ``keep=False`` a
+follower only counts (the soak's thousand, for minutes).
 
 Standard library only (the soak run imports it too); everything is bounded: connections per
 follower, bytes per line, every wait.
