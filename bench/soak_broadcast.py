@@ -262,7 +262,7 @@ class Phase:
 
 
 def run_phase(duration: float, subscribers: int) -> BroadcastFigures:
-    """The phase, for about ``duration`` seconds (whole cycles)."""
+    """The phase, for about ``duration`` seconds (whole cycles, at least one)."""
     figures = BroadcastFigures()
     bindir = find_binaries()
     if bindir is None:
@@ -291,7 +291,9 @@ async def _run(
             f"broadcast: {subscribers} subscribers on 2 uvicorn workers (A pid {phase.a.pid}), "
             f"PostgreSQL, {duration:.0f} s"
         )
-        while time.monotonic() - started < duration and len(figures.failures) < 3:
+        while len(figures.failures) < 3 and (
+            figures.cycles == 0 or time.monotonic() - started < duration
+        ):
             figures.cycles += 1
             log(f"broadcast cycle {figures.cycles} ({time.monotonic() - started:.0f} s)")
             await phase.cycle()
