@@ -403,7 +403,7 @@ def test_outage_with_data_kept_subscribers_stay(own_redis: RedisServer) -> None:
         with pytest.raises(Exception, match=r"could not publish to Redis at redis://127\.0\.0\.1"):
             broadcast("o", "lost")
         assert wait_until(lambda: len(logs) > 0, WAIT) is not None
-        time.sleep(0.5)  # a few reconnect attempts (the backoff starts at 50 ms)
+        time.sleep(0.5)  # a few reconnect attempts (the backoff starts at 0.05-0.1 s)
         own_redis.start()
         assert wait_until(lambda: _published(own_redis, "o", "during"), WAIT) is not None
         broadcast("o", "after")
