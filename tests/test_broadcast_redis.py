@@ -186,6 +186,27 @@ async def test_a_new_topic_is_read_at_once(
     assert datas(await first) == ["y"]
 
 
+def test_joins_past_the_pool_size_neither_leak_nor_exhaust_it(redis: RedisServer) -> None:
+    """Every join of a new topic cancels the reader's blocked XREAD, and a reconnect storm
+    joins many at once: the pool (MAX_CONNECTIONS) must get every connection back."""
+    from django_flosse.broadcasting.backends.redis import MAX_CONNECTIONS
+
+    topics = [f"pool{i}" for i in range(3 * MAX_CONNECTIONS)]
+    readers = []
+    for topic in topics:  # one new topic after another: one cancelled read each
+        readers.append(Reader(subscribe(request(), topic), until=1))
+        joined(topic)
+    storm = [Reader(subscribe(request(), "storm"), until=1) for _ in range(4 * MAX_CONNECTIONS)]
+    joined("storm", len(storm))
+    for topic in [*topics, "storm"]:
+        broadcast(topic, topic)
+    for reader, topic in zip(readers, topics, strict=True):
+        assert datas(reader.result()) == [topic]
+    assert all(datas(reader.result()) == ["storm"] for reader in storm)
+    with redis.client() as client:
+        assert len(client.client_list()) - 1 <= MAX_CONNECTIONS  # ours, not this one
+
+
 def test_publish_outside_and_inside_a_transaction(
     redis: RedisServer, transactional_db: None
 ) -> None:
