@@ -417,4 +417,4 @@ def check_broadcast(
 
 # --------------------------------------------------------------------------- W008, W009
 # What the broadcast backend promises in production (deploy checks): a module of its own.
-from .broadcasting import checks as _broadcast_checks  # noqa: E402, F401  (registers them)
+from .broadcasting import _checks as _broadcast_checks  # noqa: E402, F401  (registers them)

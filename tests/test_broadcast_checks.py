@@ -1,4 +1,4 @@
-"""The deploy checks of broadcast (``django_flosse/broadcasting/checks.py``): W008, W009."""
+"""The deploy checks of broadcast (``django_flosse/broadcasting/_checks.py``): W008, W009."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.core.checks import Tags, run_checks
 from django.core.checks.registry import registry
 from django.test import override_settings
 
-from django_flosse.broadcasting.checks import check_backend_promises, redis_persists
+from django_flosse.broadcasting._checks import check_backend_promises, redis_persists
 from tests.support.redis import RedisServer, own_redis_server
 from tests.support.servers import free_port
 
