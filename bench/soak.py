@@ -1,14 +1,19 @@
 """Soak run: connect/drop cycles, stuck clients and shutdowns against real servers, for minutes.
 
-    python bench/soak.py                      # ~5 minutes (make soak)
+    python bench/soak.py                      # ~7 minutes (make soak): 5 + the broadcast phase
     python bench/soak.py --duration 60 --streams 300
     SOAK_ARGS="--duration 900" make soak
+    SOAK_ARGS="--duration 0 --broadcast-duration 600" make soak   # only broadcast, 10 minutes
 
 One long-lived uvicorn process takes the repeated cycles; every few cycles a stuck client
 (a client that stops reading on a flooding stream with ``send_timeout=2``) and a graceful
 shutdown of a fresh server (uvicorn and gunicorn gthread, alternately) are mixed in. Each
 cycle prints its figures; the end prints a summary: connections held and dropped, time back
 to zero, RSS and Python objects over time (a leak shows as a trend), shutdown times.
+
+Then the broadcast phase (``bench/soak_broadcast.py``) runs for ``--broadcast-duration``
+seconds (120 by default; 0 skips it): ``--broadcast-subscribers`` (1,000) subscribers on two
+workers and PostgreSQL, with a worker kill, drops and a database restart in every cycle.
 
 Everything is bounded: the run stops starting cycles at ``--duration`` and every wait has a
 deadline. It only ever signals the servers it started, on 127.0.0.1. It exits non-zero if
@@ -45,7 +50,18 @@ STREAM = "rel.endless"
 
 
 @dataclass
-class Figures:
+class Failures:
+    """What went wrong in a phase (printed at once, and in the summary)."""
+
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, what: str) -> None:
+        self.failures.append(what)
+        print(f"  FAILED: {what}", flush=True)
+
+
+@dataclass
+class Figures(Failures):
     cycles: int = 0
     held: int = 0
     dropped: int = 0
@@ -55,11 +71,6 @@ class Figures:
     stuck: list[float] = field(default_factory=list)  # stuck stream ended after (s)
     pace: list[float] = field(default_factory=list)  # other stream's events/s while stuck
     shutdowns: list[tuple[str, int, float]] = field(default_factory=list)  # kind, n, s
-    failures: list[str] = field(default_factory=list)
-
-    def fail(self, what: str) -> None:
-        self.failures.append(what)
-        print(f"  FAILED: {what}", flush=True)
 
 
 def log(text: str) -> None:
@@ -243,6 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shutdown-streams", type=int, default=100, help="per shutdown (100)")
     parser.add_argument("--every", type=int, default=4, help="stuck + shutdown every N cycles")
     parser.add_argument(
+        "--broadcast-duration",
+        type=float,
+        default=120.0,
+        help="seconds of the broadcast phase (120; 600 is the issue's 10 minutes; 0 skips it)",
+    )
+    parser.add_argument(
+        "--broadcast-subscribers", type=int, default=1000, help="in the broadcast phase (1000)"
+    )
+    parser.add_argument(
         "--malloc-arena-max",
         type=int,
         default=2,
@@ -257,7 +277,21 @@ def main(argv: list[str] | None = None) -> int:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = min(hard, max(soft, 2 * args.streams + 512))
+    wanted = min(hard, max(wanted, 2 * args.broadcast_subscribers + 512))
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    failed = 0
+    if args.duration > 0:
+        failed = connections_phase(args)
+    if args.broadcast_duration > 0:
+        import soak_broadcast
+
+        broadcast = soak_broadcast.main(args.broadcast_duration, args.broadcast_subscribers)
+        failed += len(broadcast.failures)
+    return 1 if failed else 0
+
+
+def connections_phase(args: argparse.Namespace) -> int:
+    """The connect/drop, stuck and shutdown cycles; the number of failures."""
 
     tmp = tempfile.mkdtemp(prefix="flosse-soak-")
     db_file = os.path.join(tmp, "soak.sqlite3")
@@ -308,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.rmdir(tmp)
     summary(figures, time.monotonic() - started, rss_baseline or 1.0, objects_baseline)
-    return 1 if figures.failures else 0
+    return len(figures.failures)
 
 
 if __name__ == "__main__":

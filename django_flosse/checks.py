@@ -443,3 +443,8 @@ def check_history_retention(
             id="django_flosse.W008",
         )
     ]
+
+
+# --------------------------------------------------------------------------- W009, W010
+# What the broadcast backend promises in production (deploy checks): a module of its own.
+from .broadcasting import _checks as _broadcast_checks  # noqa: E402, F401  (registers them)

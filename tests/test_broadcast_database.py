@@ -25,13 +25,19 @@ from django_flosse.broadcasting import RESET_EVENT
 from django_flosse.broadcasting.backends import get_backend
 from django_flosse.broadcasting.backends.database import DatabaseBackend
 from django_flosse.models import BroadcastMessage, BroadcastTopic
-from tests.support.broadcast import WAIT, Collector, pg_alias
+from tests.support.broadcast import WAIT, pg_alias
 from tests.support.observe import wait_until
 from tests.support.postgres import postgres_fixture as postgres_fixture  # the "postgres" fixture
+from tests.support.subscribing import Reader, request
 
 # "__all__": the default database and, when the cluster runs, the "pg" alias (threads may
 # only connect to the aliases a test names).
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+def reader_of(*topics: str, last_id: str | None = None, query_id: str | None = None) -> Reader:
+    """A sync subscriber of ``topics`` in a thread (not started: ``start()`` it)."""
+    return Reader(subscribe(request(last_id, query_id=query_id), *topics), start=False)
 
 
 class Setup:
@@ -53,10 +59,10 @@ class Setup:
         rows = BroadcastMessage.objects.using(self.alias).filter(topic=topic)
         return list(rows.order_by("position").values_list("position", "body"))
 
-    def watch(self, topic: str, **ids: str) -> Collector:
+    def watch(self, topic: str, **ids: str) -> Reader:
         """A sync subscriber of ``topic`` that has joined (it gets what comes next)."""
         joined = self.backend().subscribers(topic)
-        collector = Collector(topic, **ids)
+        collector = reader_of(topic, **ids)
         collector.start()
         self.wait_joined(topic, joined + 1)
         return collector
@@ -232,7 +238,7 @@ def test_an_id_given_out_by_another_process_is_never_ahead_of_a_join(db: Setup) 
         thread.start()
         thread.join(WAIT)
         ids = IdFormat(backend.tag, ["ahead"], backend.format_position, backend.parse_position)
-        resumed = Collector("ahead", last_id=ids.format({"ahead": 3}))
+        resumed = reader_of("ahead", last_id=ids.format({"ahead": 3}))
         resumed.start()
         resumed.wait_for(2)
         broadcast("ahead", "live")
@@ -250,7 +256,7 @@ async def test_async_and_sync_subscribers_get_every_event_of_their_topics_once_i
 
     from asgiref.sync import sync_to_async
 
-    sync_a, sync_ab = Collector("a"), Collector("a", "b")
+    sync_a, sync_ab = reader_of("a"), reader_of("a", "b")
     for collector in (sync_a, sync_ab):
         collector.start()
     got: dict[str, list[str]] = {"a": [], "b": []}
@@ -298,7 +304,7 @@ def test_resume_from_an_id_in_the_middle_of_the_history(db: Setup, how: str) -> 
     events = first.wait_for(10)
     first.stop()
     middle = events[3].id
-    again = Collector(
+    again = reader_of(
         "resume", **({"last_id": middle} if how == "header" else {"query_id": middle})
     )
     again.start()
@@ -318,7 +324,7 @@ def test_a_trimmed_position_gets_a_reset(db: Setup) -> None:
         events = first.wait_for(100)
         first.stop()
         assert [p for p, _ in db.messages("trim")] == list(range(96, 101))
-        late = Collector("trim", last_id=events[10].id)
+        late = reader_of("trim", last_id=events[10].id)
         late.start()
         late.wait_for(1)
         broadcast("trim", "after")
@@ -371,7 +377,7 @@ def test_a_read_storm_shares_one_history_query(db: Setup, monkeypatch: pytest.Mo
 
     # The id of position 10, as a subscriber that saw it has it.
     ids = IdFormat(backend.tag, ["storm"], backend.format_position, backend.parse_position)
-    storm = [Collector("storm", last_id=ids.format({"storm": 10})) for _ in range(n)]
+    storm = [reader_of("storm", last_id=ids.format({"storm": 10})) for _ in range(n)]
     for collector in storm:
         collector.start()
     for collector in storm:

@@ -28,8 +28,9 @@ from django_flosse.broadcasting.backends import get_backend
 from django_flosse.broadcasting.backends.base import Subscriber
 from django_flosse.broadcasting.backends.redis import EPOCH_KEY, RedisBackend, _complete
 from tests.support.observe import wait_until
-from tests.support.redis import RedisServer, find_binary
+from tests.support.redis import RedisServer, own_redis_server
 from tests.support.redis import redis_server_fixture as redis_server_fixture  # the fixture
+from tests.support.subscribing import Reader
 
 WAIT = 15.0  # seconds any expected event may take on a loaded machine (never reached)
 
@@ -52,15 +53,8 @@ def redis(redis_server: RedisServer) -> Iterator[RedisServer]:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A Redis of this test only (it will be stopped and restarted)."""
-    binary = find_binary()
-    if binary is None:
-        pytest.skip("redis-server not found")
-    server = RedisServer(binary).start()
-    try:
-        with settings_for(server):
-            yield server
-    finally:
-        server.stop()
+    with own_redis_server() as server, settings_for(server):
+        yield server
 
 
 def request(last_id: str = "", *, query: bool = False) -> Any:
@@ -79,34 +73,6 @@ def backend() -> RedisBackend:
 def joined(topic: str, count: int = 1) -> None:
     """Wait until ``count`` subscribers of this process are joined to ``topic``."""
     assert wait_until(lambda: backend().subscribers(topic) >= count, WAIT) is not None
-
-
-class SyncReader(threading.Thread):
-    """Iterates a subscription with ``for`` in a thread, as a ``def`` view does."""
-
-    def __init__(self, req: Any, *topics: str, until: int) -> None:
-        super().__init__(daemon=True)
-        self.subscription = subscribe(req, *topics)
-        self.until = until
-        self.events: list[Any] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            for event in self.subscription:
-                self.events.append(event)
-                if len(self.events) >= self.until:
-                    break
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.subscription.close()
-
-    def result(self) -> list[Any]:
-        self.join(WAIT)
-        assert not self.is_alive(), f"got {len(self.events)} of {self.until} events"
-        assert self.error is None, self.error
-        return self.events
 
 
 async def take(subscription: Any, count: int) -> list[Any]:
@@ -181,7 +147,7 @@ async def test_async_subscribers_get_every_event_once_in_order(redis: RedisServe
 
 
 def test_sync_subscribers_multi_topic_order_per_topic(redis: RedisServer) -> None:
-    readers = [SyncReader(request(), "a", "b", until=40) for _ in range(3)]
+    readers = [Reader(subscribe(request(), "a", "b"), until=40, start=False) for _ in range(3)]
     for reader in readers:
         reader.start()
     joined("a", 3)
@@ -220,12 +186,33 @@ async def test_a_new_topic_is_read_at_once(
     assert datas(await first) == ["y"]
 
 
+def test_joins_past_the_pool_size_neither_leak_nor_exhaust_it(redis: RedisServer) -> None:
+    """Every join of a new topic cancels the reader's blocked XREAD, and a reconnect storm
+    joins many at once: the pool (MAX_CONNECTIONS) must get every connection back."""
+    from django_flosse.broadcasting.backends.redis import MAX_CONNECTIONS
+
+    topics = [f"pool{i}" for i in range(3 * MAX_CONNECTIONS)]
+    readers = []
+    for topic in topics:  # one new topic after another: one cancelled read each
+        readers.append(Reader(subscribe(request(), topic), until=1))
+        joined(topic)
+    storm = [Reader(subscribe(request(), "storm"), until=1) for _ in range(4 * MAX_CONNECTIONS)]
+    joined("storm", len(storm))
+    for topic in [*topics, "storm"]:
+        broadcast(topic, topic)
+    for reader, topic in zip(readers, topics, strict=True):
+        assert datas(reader.result()) == [topic]
+    assert all(datas(reader.result()) == ["storm"] for reader in storm)
+    with redis.client() as client:
+        assert len(client.client_list()) - 1 <= MAX_CONNECTIONS  # ours, not this one
+
+
 def test_publish_outside_and_inside_a_transaction(
     redis: RedisServer, transactional_db: None
 ) -> None:
     from django.db import transaction
 
-    reader = SyncReader(request(), "tx", until=2)
+    reader = Reader(subscribe(request(), "tx"), until=2, start=False)
     reader.start()
     joined("tx")
     with transaction.atomic():
@@ -283,7 +270,7 @@ def test_resume_with_publishes_during_the_replay(redis: RedisServer) -> None:
     thread = threading.Thread(target=publisher)
     thread.start()
     try:
-        reader = SyncReader(request(last), "busy", until=799)
+        reader = Reader(subscribe(request(last), "busy"), until=799, start=False)
         reader.start()
         assert wait_until(lambda: published[0] >= 800, WAIT) is not None
     finally:
@@ -307,7 +294,7 @@ def test_trimmed_id_gets_a_reset(own_redis: RedisServer) -> None:
         old = IdFormat(b.tag, ["t"], b.format_position, b.parse_position).format(
             {"t": b.parse_position(first)}
         )
-        reader = SyncReader(request(old), "t", until=2)
+        reader = Reader(subscribe(request(old), "t"), until=2, start=False)
         reader.start()
         joined("t")
         broadcast("t", "new")
@@ -329,7 +316,7 @@ def test_ids_that_cannot_be_placed_get_a_reset(redis: RedisServer, how: str) -> 
     else:
         ahead = (int(time.time() * 1000) + 10**9, 0)
         last = IdFormat(b.tag, ["x"], b.format_position, b.parse_position).format({"x": ahead})
-    reader = SyncReader(request(last), "x", until=2)
+    reader = Reader(subscribe(request(last), "x"), until=2, start=False)
     reader.start()
     joined("x")
     broadcast("x", "1")
@@ -413,12 +400,12 @@ def _running_loop_threads() -> list[threading.Thread]:
 
 
 def test_close_stops_the_thread_and_ends_subscriptions(redis: RedisServer) -> None:
-    reader = SyncReader(request(), "c", until=1)
+    reader = Reader(subscribe(request(), "c"), until=1, start=False)
     reader.start()
     joined("c")
     backend().close()
-    reader.join(WAIT)
-    assert not reader.is_alive() and reader.error is None and reader.events == []
+    reader.thread.join(WAIT)
+    assert not reader.thread.is_alive() and reader.error is None and reader.events == []
     assert _running_loop_threads() == []
 
 
@@ -427,7 +414,7 @@ def test_outage_with_data_kept_subscribers_stay(own_redis: RedisServer) -> None:
     once and reconnects, and the subscribers receive what comes after, without a reset."""
     with own_redis.client() as client:
         client.config_set("save", "")  # SHUTDOWN SAVE writes a snapshot all the same
-    reader = SyncReader(request(), "o", until=3)
+    reader = Reader(subscribe(request(), "o"), until=3, start=False)
     with capture_logs() as logs:
         reader.start()
         joined("o")
@@ -437,15 +424,16 @@ def test_outage_with_data_kept_subscribers_stay(own_redis: RedisServer) -> None:
         with pytest.raises(Exception, match=r"could not publish to Redis at redis://127\.0\.0\.1"):
             broadcast("o", "lost")
         assert wait_until(lambda: len(logs) > 0, WAIT) is not None
-        time.sleep(0.5)  # a few reconnect attempts (the backoff starts at 50 ms)
+        time.sleep(0.5)  # a few reconnect attempts (the backoff starts at 0.05-0.1 s)
         own_redis.start()
         assert wait_until(lambda: _published(own_redis, "o", "during"), WAIT) is not None
         broadcast("o", "after")
         events = reader.result()
     assert datas(events) == ["before", "during", "after"]
-    errors = [r for r in logs if r["event"] == "sse.broadcast.backend_error"]
+    errors = [r for r in logs if r["event"] == "sse.broadcast.backend_error" and "error" in r]
     assert len(errors) == 1, errors
     assert errors[0]["url"] == own_redis.url
+    assert next(r for r in logs if "recovered_after" in r)["part"] == "reader"
 
 
 def _published(server: RedisServer, topic: str, data: str) -> bool:
@@ -459,7 +447,7 @@ def _published(server: RedisServer, topic: str, data: str) -> bool:
 def test_restart_without_data_resets_and_nothing_hangs(own_redis: RedisServer) -> None:
     """Redis killed and started empty: live subscriptions end (the client reconnects), their
     ids belong to the past life and get a reset; new subscribers and publishers work."""
-    first = SyncReader(request(), "k", until=5)
+    first = Reader(subscribe(request(), "k"), until=5, start=False)
     first.start()
     joined("k")
     broadcast("k", "0")
@@ -467,11 +455,11 @@ def test_restart_without_data_resets_and_nothing_hangs(own_redis: RedisServer) -
     old_tag = backend().tag
     own_redis.kill()
     own_redis.start()
-    first.join(WAIT)  # the reader found a new epoch and closed it
-    assert not first.is_alive() and first.error is None
+    first.thread.join(WAIT)  # the reader found a new epoch and closed it
+    assert not first.thread.is_alive() and first.error is None
     assert datas(first.events) == ["0"]
     assert backend().tag != old_tag
-    second = SyncReader(request(first.events[0].id), "k", until=2)
+    second = Reader(subscribe(request(first.events[0].id), "k"), until=2, start=False)
     second.start()
     joined("k")
     import redis as redis_py

@@ -37,7 +37,7 @@ from django_flosse.checks import (
 from tests.support.servers import free_port
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "checks.md"
-ALL_IDS = {f"django_flosse.W00{n}" for n in range(1, 9)} | {
+ALL_IDS = {f"django_flosse.W{n:03}" for n in range(1, 11)} | {
     "django_flosse.I001",
     "django_flosse.E001",
     "django_flosse.E002",

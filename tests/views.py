@@ -802,8 +802,9 @@ def broadcast_publish(request: HttpRequest, topic: str) -> HttpResponse:
 
 
 def broadcast_state(request: HttpRequest) -> Any:
-    """JSON: this process's broadcast backend, its subscribers of ``?topics=a,b``, and the
-    topics of every open connection (what the registry and the dashboard show)."""
+    """JSON: this process's broadcast backend, its subscribers of ``?topics=a,b``, the
+    topics of every open connection (what the registry and the dashboard show), and with
+    ``?tasks=1`` the tasks on the redis backend's loop."""
     from django.http import JsonResponse
 
     from django_flosse.broadcasting.backends import get_backend
@@ -811,12 +812,21 @@ def broadcast_state(request: HttpRequest) -> Any:
 
     backend = get_backend()
     count = getattr(backend, "subscribers", None)  # the memory backend's
+    loop_tasks = None
+    loop_thread = getattr(backend, "_thread", None)  # the redis backend's LoopThread
+    if request.GET.get("tasks") and hasattr(loop_thread, "submit"):
+
+        async def tasks() -> int:
+            return len(asyncio.all_tasks()) - 1  # not this one
+
+        loop_tasks = loop_thread.submit(tasks).result(10)
     topics = [topic for topic in request.GET.get("topics", "").split(",") if topic]
     return JsonResponse(
         {
             "pid": os.getpid(),
             "backend": backend.name,
             "subscribers": {topic: count(topic) if count else None for topic in topics},
+            "loop_tasks": loop_tasks,
             "connections": [
                 {"stream": c.stream, "topics": list(c.topics)} for c in registry.live()
             ],

@@ -1,7 +1,6 @@
-"""Helpers for the broadcast tests: in-process subscribers, a PostgreSQL alias, SSE readers.
+"""Helpers for the broadcast tests: a PostgreSQL alias, SSE readers of real servers (the
+in-process subscriber thread is ``tests.support.subscribing.Reader``).
 
-- ``Collector``: a sync ``subscribe()`` iterated in a thread of the test process, recording
-  the events it yields (bounded waits; ``stop()`` closes the subscription).
 - ``pg_alias``: adds a Django database alias (``"pg"``) for the cluster of
   ``tests/support/postgres.py`` to the running test process, and removes it afterwards.
 - ``SSEReader``: one SSE stream of a real server read in a thread (httpx), its events
@@ -24,44 +23,6 @@ from tests.support.observe import wait_until
 from tests.support.servers import HOST
 
 WAIT = 30.0  # seconds any single condition may take on a loaded machine
-
-
-class Collector(threading.Thread):
-    """``subscribe(request, *topics)`` iterated with ``for`` in a thread of its own."""
-
-    def __init__(self, *topics: str, last_id: str = "", query_id: str = "") -> None:
-        super().__init__(name=f"collector {topics}", daemon=True)
-        from django.test import RequestFactory
-
-        from django_flosse import subscribe
-
-        extra = {"HTTP_LAST_EVENT_ID": last_id} if last_id else {}
-        request = RequestFactory().get("/", {"lastEventId": query_id} if query_id else {}, **extra)
-        self.subscription = subscribe(request, *topics)
-        self.events: list[Any] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            for event in self.subscription:
-                self.events.append(event)
-        except BaseException as exc:  # shown by the test that waits on it
-            self.error = exc
-
-    def wait_for(self, count: int, timeout: float = WAIT) -> list[Any]:
-        wait_until(lambda: len(self.events) >= count or self.error is not None, timeout)
-        if self.error is not None:
-            raise AssertionError(f"the subscription failed: {self.error!r}") from self.error
-        assert len(self.events) >= count, f"{len(self.events)} of {count} events: {self.data()}"
-        return self.events
-
-    def data(self) -> list[str]:
-        return [event.data for event in self.events]
-
-    def stop(self) -> None:
-        self.subscription.close()
-        self.join(10)
-        assert not self.is_alive(), "the subscription did not end after close()"
 
 
 @contextlib.contextmanager

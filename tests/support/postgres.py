@@ -3,7 +3,8 @@
 ``PostgresCluster`` runs ``initdb`` into a temporary directory, starts the server with
 ``pg_ctl`` on a free port of 127.0.0.1 (no Unix socket outside that directory, ``fsync``
 off: the data is thrown away), creates a database, and at the end stops the server by the
-pid it wrote in its own ``postmaster.pid``: never anything found by name. PostgreSQL
+pid it wrote in its own ``postmaster.pid``: never anything found by name. ``stop_fast()`` and
+``start_again()`` restart it on the same port with its data (the fault tests). PostgreSQL
 refuses to run as root, so as root every command runs as the ``postgres`` user.
 
 When the binaries are missing the ``postgres`` fixture skips with the reason, except in CI
@@ -24,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,22 +91,44 @@ class PostgresCluster:
         )  # fmt: skip
         for _attempt in range(3):
             self.port = free_port()
-            options = (
-                f"-p {self.port} -c listen_addresses={HOST} -k {self.root} "
-                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
-            )
             try:
-                self._run(
-                    "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
-                    "-w", "-t", str(START_TIMEOUT), "start",
-                )  # fmt: skip
+                self._pg_ctl_start()
                 break
             except RuntimeError:
                 if "already in use" not in self.logs():
                     raise
-        self.pid = int((self.data / "postmaster.pid").read_text().splitlines()[0])
         self._create_database()
         return self
+
+    def _pg_ctl_start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses={HOST} -k {self.root} "
+            "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        )
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
+            "-w", "-t", str(START_TIMEOUT), "start",
+        )  # fmt: skip
+        self.pid = int((self.data / "postmaster.pid").read_text().splitlines()[0])
+
+    def stop_fast(self) -> None:
+        """``pg_ctl -m fast stop``: every session is ended, the server exits (a restart,
+        a failover); ``start_again()`` brings it back on the same port with its data."""
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", str(int(STOP_TIMEOUT)), "stop"
+        )
+        self.pid = None
+
+    def start_again(self) -> None:
+        self._pg_ctl_start()
+
+    def connect(self, autocommit: bool = False) -> Any:
+        """A psycopg connection to the test database (close it, or use it in ``with``)."""
+        import psycopg
+
+        return psycopg.connect(
+            host=HOST, port=self.port, user=SUPERUSER, dbname=DATABASE, autocommit=autocommit
+        )
 
     def _create_database(self) -> None:
         import psycopg
@@ -146,9 +170,11 @@ class PostgresCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session", name="postgres")
-def postgres_fixture() -> Iterator[PostgresCluster]:
-    """A migrated PostgreSQL database for ``tests.settings_pg``, for the whole session."""
+@contextlib.contextmanager
+def running_cluster(settings_module: str = "tests.settings_pg") -> Iterator[PostgresCluster]:
+    """A started cluster, migrated with ``settings_module``; skips (fails in CI) without
+    the binaries. The session's ``postgres`` fixture is one; a test that restarts the
+    server takes one of its own."""
     bindir = find_binaries()
     if bindir is None:
         reason = "PostgreSQL server binaries (initdb, pg_ctl) not found"
@@ -158,7 +184,21 @@ def postgres_fixture() -> Iterator[PostgresCluster]:
     cluster = PostgresCluster(bindir)
     try:
         cluster.start()
-        cluster.migrate("tests.settings_pg")
+        cluster.migrate(settings_module)
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session", name="postgres")
+def postgres_fixture() -> Iterator[PostgresCluster]:
+    """A migrated PostgreSQL database for ``tests.settings_pg``, for the whole session."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module", name="own_postgres")
+def own_postgres_fixture() -> Iterator[PostgresCluster]:
+    """A migrated cluster of one test module only: its tests may stop and restart it."""
+    with running_cluster() as cluster:
+        yield cluster

@@ -129,6 +129,20 @@ def find_binary() -> str | None:
     )
 
 
+@contextlib.contextmanager
+def own_redis_server() -> Iterator[RedisServer]:
+    """A Redis of one test only (it may kill and restart it); skips without the binary."""
+    binary = find_binary()
+    if binary is None:
+        pytest.skip("redis-server not found")
+    pytest.importorskip("redis", reason="redis-py is not installed (pip install .[redis])")
+    server = RedisServer(binary).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session", name="redis_server")
 def redis_server_fixture() -> Iterator[RedisServer]:
     """A running ``redis-server`` for the whole session (tests flush what they use)."""

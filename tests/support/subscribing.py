@@ -1,15 +1,14 @@
 """In-process subscribers for the broadcast tests: requests, a subscriber thread, frames.
 
 A sync ``def`` view iterates its subscription in a thread of its own (the stream's bridge
-runs it there); :class:`Reader` does the same in a test, keeping what arrives in a queue
-the test takes from with a deadline. Every event a subscription yields is an
+runs it there); :class:`Reader` does the same in a test, keeping what arrives for the test
+to take with a deadline. Every event a subscription yields is an
 ``EncodedEvent`` whose bytes go to the client as they are: :func:`parsed` reads those bytes
 back the way a browser does, so a test checks what the client would see.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import uuid
@@ -83,33 +82,70 @@ def joined(backend: Any, *topics: str, count: int = 1) -> None:
 
 
 class Reader:
-    """Iterates a subscription in a thread of its own, as a sync view's stream does."""
+    """Iterates a subscription with ``for`` in a thread of its own, as a sync view's stream
+    does (the one subscriber thread of the broadcast tests).
 
-    def __init__(self, subscription: Subscription) -> None:
+    ``events`` is everything it has yielded so far. A test either takes them in order with
+    a deadline (:meth:`take`, :meth:`take_until`) or waits for a count in all
+    (:meth:`wait_for`); ``until=N`` ends the iteration after N events (:meth:`result`).
+    ``start=False`` leaves starting the thread to the test (:meth:`start`).
+    """
+
+    def __init__(
+        self, subscription: Subscription, *, until: int | None = None, start: bool = True
+    ) -> None:
         self.subscription = subscription
-        self.events: queue.Queue[EncodedEvent] = queue.Queue()
+        self.until = until
+        self.events: list[EncodedEvent] = []
         self.error: BaseException | None = None
+        self._taken = 0
+        self._arrived = threading.Condition()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        if start:
+            self.thread.start()
+
+    def start(self) -> None:
         self.thread.start()
 
     def _run(self) -> None:
         try:
             for event in self.subscription:
-                self.events.put(event)
+                with self._arrived:
+                    self.events.append(event)
+                    self._arrived.notify_all()
+                if self.until is not None and len(self.events) >= self.until:
+                    break
         except BaseException as exc:  # the test reads it
             self.error = exc
+        finally:
+            if self.until is not None:
+                self.subscription.close()
+            with self._arrived:
+                self._arrived.notify_all()  # the end: nobody waits for more
+
+    def wait_for(self, count: int, timeout: float = WAIT) -> list[EncodedEvent]:
+        """The first ``count`` events in all (AssertionError if they do not come in time)."""
+        with self._arrived:
+            self._arrived.wait_for(
+                lambda: len(self.events) >= count or not self.thread.is_alive(), timeout
+            )
+            got = list(self.events)
+        if len(got) < count:
+            raise AssertionError(
+                f"got {datas(got)} of {count} events (error: {self.error!r})"
+            ) from self.error
+        return got[:count]
 
     def take(self, count: int, timeout: float = WAIT) -> list[EncodedEvent]:
         """The next ``count`` events (AssertionError if they do not come in time)."""
-        deadline = time.monotonic() + timeout
-        got = []
-        for _ in range(count):
-            try:
-                got.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                raise AssertionError(
-                    f"got {datas(got)} of {count} events (error: {self.error!r})"
-                ) from None
+        start = self._taken
+        try:
+            got = self.wait_for(start + count, timeout)[start:]
+        except AssertionError:
+            raise AssertionError(
+                f"got {datas(self.events[start:])} of {count} events (error: {self.error!r})"
+            ) from None
+        self._taken += count
         return got
 
     def take_until(self, data: str, limit: int = 10_000) -> list[EncodedEvent]:
@@ -122,7 +158,18 @@ class Reader:
         raise AssertionError(f"no {data!r} in {limit} events")
 
     def pending(self) -> int:
-        return self.events.qsize()
+        """Events arrived and not taken yet."""
+        return len(self.events) - self._taken
+
+    def data(self) -> list[str]:
+        return [event.data for event in self.events]
+
+    def result(self) -> list[EncodedEvent]:
+        """Every event, once the iteration ended (``until`` reached)."""
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive(), f"got {len(self.events)} of {self.until} events"
+        assert self.error is None, self.error
+        return self.events
 
     def stop(self) -> None:
         """Close the subscription (as its connection's close does) and wait for the thread."""

@@ -210,13 +210,14 @@ class DatabaseBackend(Backend):
             self._listen()
             while not self._stop.is_set():
                 try:
-                    self._round()
+                    queried = self._round()
                 except Exception as exc:  # the subscribers stay; the next round goes on
                     with contextlib.suppress(Exception):
                         connections[self.alias].close()  # a broken one is opened anew
                     self._stop.wait(outage.failed(exc))
                     continue
-                outage.ok()
+                if queried:  # a round with nothing to ask proves nothing about the database
+                    outage.ok()
                 self._wake.wait(self.config.broadcast_poll_interval)
                 self._wake.clear()
         finally:
@@ -256,7 +257,8 @@ class DatabaseBackend(Backend):
             subscriber.close()  # their streams end instead of waiting for ever
         connections[self.alias].close()
 
-    def _round(self) -> None:
+    def _round(self) -> bool:
+        """One round (see the module docstring); whether it asked the database anything."""
         with self._lock:
             joins, self._joins = self._joins, []
             leaves, self._leaves = self._leaves, []
@@ -276,9 +278,11 @@ class DatabaseBackend(Backend):
             self._last_full_poll = now
             self._fanout.sweep()
             self._forget_closed()
-            self._poll(list(self._positions))
+            polled = list(self._positions)
         else:
-            self._poll([topic for topic in rung if topic in self._positions])
+            polled = [topic for topic in rung if topic in self._positions]
+        self._poll(polled)
+        return bool(joins or reads or polled)
 
     def _serve_leaves(self, leaves: list[Subscriber]) -> None:
         for subscriber in leaves:

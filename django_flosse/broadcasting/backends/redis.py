@@ -6,10 +6,11 @@ gives an event, as an ``(ms, seq)`` tuple, ordered like the stream. Redis 7 or l
 **One loop thread per process.** Every Redis command of this process runs on one asyncio
 loop in a daemon thread, on one ``redis.asyncio`` client (a client belongs to the loop that
 made it; the callers' loops can be short-lived, ``async_to_sync`` makes one per call, and a
-client per loop would leak its connections). ``publish`` waits for the loop in the calling
-thread, ``apublish`` awaits it; both cost two thread hops, not a connection. On that loop,
-the reader is the only code that calls the :class:`Fanout` (joins, leaves and deliveries
-run one at a time there): that is what makes ``join`` exact.
+client per loop would leak its connections), whose pool holds at most ``MAX_CONNECTIONS``.
+``publish`` waits for the loop in the calling thread, ``apublish`` awaits it; both cost two
+thread hops, not a connection. On that loop, the reader is the only code that calls the
+:class:`Fanout` (joins, leaves and deliveries run one at a time there): that is what makes
+``join`` exact.
 
 **The reader** ``XREAD BLOCK``s on the streams of the topics this process's subscribers
 need, from its own position in each; a topic new to the process starts at the stream's last
@@ -38,8 +39,9 @@ any more (a per-user topic) goes away. Commands are not retried: a retry after a
 could publish twice. A failure raises.
 
 **Outages**: the reader reconnects with backoff and logs ``sse.broadcast.backend_error``
-once per outage; subscribers stay registered and resume from the reader's positions when
-Redis is back (if Redis kept its data; otherwise the epoch changed, see above).
+once per outage (and ``recovered_after`` once it is over, see ``_outage``); subscribers
+stay registered and resume from the reader's positions when Redis is back (if Redis kept
+its data; otherwise the epoch changed, see above).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from ...conf import Config
 from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
 from ._loop import LoopThread
+from ._outage import Outage
 from .base import PAGE_SIZE, Backend, Fanout, Page, Subscriber
 
 __all__ = ["RedisBackend"]
@@ -72,10 +75,12 @@ KEY_PREFIX = "flosse:topic:"
 EPOCH_KEY = "flosse:epoch"
 #: Milliseconds one XREAD blocks: how long a FLUSHALL may go unnoticed by an idle reader.
 BLOCK_MS = 2000
-#: Seconds a command may take before it fails (longer than BLOCK_MS).
+#: Seconds a command may take before it fails (longer than BLOCK_MS); also how long a
+#: command waits for a free connection of the pool.
 COMMAND_TIMEOUT = 10.0
-#: The reader's reconnect backoff, in seconds (doubling from the first to the last).
-BACKOFF = (0.05, 2.0)
+#: Connections to Redis per process at most: the reader's blocked XREAD, and the others
+#: shared by publishes, joins and history reads.
+MAX_CONNECTIONS = 16
 #: Seconds between two sweeps of closed subscribers from quiet topics.
 SWEEP_SECONDS = 5.0
 #: Seconds ``close()`` waits for the loop thread.
@@ -177,7 +182,7 @@ class RedisBackend(Backend):
         self._reading: asyncio.Future[Any] | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = False
-        self._outage_since: float | None = None
+        self._outage = Outage("reader", backend=self.name, url=self._where)
 
     # -- ids -----------------------------------------------------------------------------
     @property
@@ -315,12 +320,18 @@ class RedisBackend(Backend):
     def _setup(self) -> None:
         """On the loop thread, before anything runs there: the client is bound to it."""
         redis = self._redis
-        self._client = redis.asyncio.Redis.from_url(
+        # A bounded pool: a thousand clients joining at once wait their turn for one of
+        # MAX_CONNECTIONS connections, instead of opening (and then keeping) one each.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             self.config.broadcast_redis_url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=COMMAND_TIMEOUT,
             socket_timeout=COMMAND_TIMEOUT,
             socket_connect_timeout=COMMAND_TIMEOUT,
             retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
         )
+        self._client = redis.asyncio.Redis(connection_pool=pool)
+        self._client.auto_close_connection_pool = True  # aclose() closes it (from_pool())
         self._wake = asyncio.Event()
 
     async def _cleanup(self) -> None:
@@ -349,7 +360,6 @@ class RedisBackend(Backend):
     async def _run(self) -> None:
         """The reader (see the module docstring)."""
         assert self._wake is not None
-        backoff = BACKOFF[0]
         swept = time.monotonic()
         while not self._stopping:
             if time.monotonic() - swept > SWEEP_SECONDS:
@@ -381,12 +391,9 @@ class RedisBackend(Backend):
                     continue
                 self._deliver(reply)
             except Exception as exc:  # Redis down, or anything else: never end the reader
-                self._failed(exc)
-                await self._pause(backoff)
-                backoff = min(backoff * 2, BACKOFF[1])
+                await self._pause(self._outage.failed(exc))
                 continue
-            backoff = BACKOFF[0]
-            self._outage_since = None
+            self._outage.ok()
 
     def _topics(self) -> list[str]:
         """The topics to read: those some subscriber needs (others are forgotten, so a
@@ -439,17 +446,6 @@ class RedisBackend(Backend):
             self._positions.clear()
         self._epoch = epoch
         return epoch
-
-    def _failed(self, exc: BaseException) -> None:
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            get_logger().warning(
-                BROADCAST_BACKEND_ERROR,
-                backend=self.name,
-                url=self._where,
-                error=f"{type(exc).__name__}: {exc}",
-                retrying=True,
-            )
 
     async def _pause(self, seconds: float) -> None:
         assert self._wake is not None

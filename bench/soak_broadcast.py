@@ -1,0 +1,375 @@
+"""The broadcast phase of the soak run: a thousand subscribers through drops, a worker kill
+and a database restart, cycle after cycle (``python bench/soak.py --broadcast-duration 600``).
+
+Two uvicorn workers on a throwaway PostgreSQL (``tests/support/postgres.py``; the
+``database`` backend, connection history in the same database), ``--broadcast-subscribers``
+followers (``tests/support/fleet.py``: they reconnect with their last id, like browsers)
+split between them, a publisher process publishing two topics without pause and retrying
+what fails. Worker A lives through the whole phase; worker B dies in every cycle:
+
+1. **kill**: SIGKILL of B; its subscribers resume on A with their last id;
+2. **replace and drop**: a new B starts; the subscribers that moved are dropped (RST) from A
+   and held back until A has cleaned their streams up (the time back to zero, as the
+   other soak cycles measure it), then they reconnect, to B;
+3. **restart**: PostgreSQL is stopped (``pg_ctl -m fast``) and started again once the
+   publisher has failed and every stream has had a heartbeat since;
+4. **check**: every subscriber has caught up with the history as it was at that moment,
+   nothing came twice or out of order (each subscriber counts, by the publisher's own
+   sequence numbers), B's history rows of the last cycle are closed as ``lost``; A's
+   settled RSS and Python objects are recorded.
+
+At the end the publisher stops and every subscriber's count must equal the history's, per
+topic. A failure is recorded (non-zero exit), never retried away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from soak import Failures, log
+
+from tests.support.broadcast_publisher import Publisher
+from tests.support.fleet import (
+    PATHS,
+    SETTINGS,
+    TOPICS,
+    Follower,
+    history_rows,
+    spread,
+    start_id,
+    topics_of,
+)
+from tests.support.observe import state
+from tests.support.postgres import PostgresCluster, find_binaries
+from tests.support.processes import settled_rss
+from tests.support.servers import LiveServer
+
+WAIT = 60.0  # seconds any one step may take before it counts as a failure
+SLOW = 10.0  # seconds after which a step's details are printed
+#: Only the async view: a sync view holds a thread per stream, and a thousand threads in
+#: two workers would measure thread scheduling on two cores, not broadcast.
+SOAK_PATHS = tuple(p for p in PATHS if "/async/" in p)
+
+
+@dataclass
+class BroadcastFigures(Failures):
+    cycles: int = 0
+    subscribers: int = 0
+    published: int = 0
+    refused: int = 0  # publish attempts refused while PostgreSQL was down (all retried)
+    received: int = 0
+    lost: int = 0
+    duplicated: int = 0  # or out of order
+    resets: int = 0
+    moved: list[int] = field(default_factory=list)  # subscribers on the killed worker
+    resumed: list[float] = field(default_factory=list)  # kill -> all moved ones streaming
+    zero: list[float] = field(default_factory=list)  # drop -> A cleaned them up
+    outages: list[float] = field(default_factory=list)
+    recovered: list[float] = field(default_factory=list)  # PostgreSQL back -> caught up
+    rss: list[float] = field(default_factory=list)  # worker A, settled, after each cycle
+    objects: list[int] = field(default_factory=list)
+
+
+def last(values: list[float]) -> str:
+    return f"{values[-1]:.2f}" if values else "-"
+
+
+async def until(check: Callable[[], bool], timeout: float = WAIT) -> float | None:
+    """Seconds until ``check()``, or None after ``timeout``."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            return None
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+class Phase:
+    def __init__(self, cluster: PostgresCluster, subscribers: int, figures: BroadcastFigures):
+        self.cluster = cluster
+        self.figures = figures
+        self.env = {
+            "DJANGO_SETTINGS_MODULE": SETTINGS,
+            "FLOSSE_FAULTS_BACKEND": "database",
+            **cluster.env(),
+        }
+        self.a = self._worker()
+        self.b = self._worker()
+        self.followers = [
+            Follower(p, topics_of(p), start_id("d", topics_of(p), 0, str), keep=False)
+            for p in spread(SOAK_PATHS, subscribers)
+        ]
+        for f in self.followers:
+            f.max_connections = 10_000  # minutes of drops and kills, each a reconnection
+        self.home_b = set(self.followers[len(self.followers) // 2 :])
+        self.stop = asyncio.Event()
+        self.publisher = Publisher(self.env, ",".join(TOPICS), "p", interval=0.2)
+
+    def _worker(self) -> LiveServer:
+        server = LiveServer("uvicorn", env=self.env)
+        server.start()
+        return server
+
+    def route(self, f: Follower) -> int:
+        server = self.b if f in self.home_b else self.a
+        if server.returncode is not None:
+            server = self.a if server is self.b else self.b
+        return server.port
+
+    def history_counts(self) -> dict[str, int]:
+        with self.cluster.connect() as conn:
+            rows = conn.execute(
+                "SELECT topic, count(*) FROM django_flosse_broadcastmessage GROUP BY topic"
+            ).fetchall()
+        return {topic: count for topic, count in rows}
+
+    def caught_up(self, counts: dict[str, int]) -> Callable[[], bool]:
+        return lambda: all(
+            f.tally.get(t, 0) >= counts.get(t, 0) for f in self.followers for t in f.topics
+        )
+
+    async def start(self) -> None:
+        self.tasks = [asyncio.ensure_future(f.run(self.route, self.stop)) for f in self.followers]
+        took = await until(lambda: all(f.events >= 1 for f in self.followers))
+        if took is None:
+            raise RuntimeError("not every subscriber streams")
+
+    async def cycle(self) -> None:
+        figures = self.figures
+        # 1. kill B: its subscribers resume on A.
+        on_b = [f for f in self.followers if f.port == self.b.port]
+        process = f"{socket.gethostname()}:{self.b.pid}"
+        marks = {f: (f.connections, f.events) for f in on_b}
+        killed = time.monotonic()
+        self.b.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(self.b.wait, WAIT)
+
+        def resumed(f: Follower) -> bool:
+            return f.connections > marks[f][0] and f.events > marks[f][1]
+
+        took = await until(lambda: all(resumed(f) for f in on_b))
+        if took is None or took > SLOW:
+            late = [f for f in on_b if not resumed(f)]
+            what = [(f.port, f.connections - marks[f][0], f.errors[-1:]) for f in late[:3]]
+            log(f"  {len(late)} not resumed after {time.monotonic() - killed:.1f} s: {what}")
+        if took is None:
+            figures.fail(f"{sum(not resumed(f) for f in on_b)} subscribers did not resume")
+        else:
+            figures.moved.append(len(on_b))
+            figures.resumed.append(time.monotonic() - killed)
+        self.b.close()
+        # 2. a new B; the moved ones dropped from A, held until A cleaned them up.
+        self.b = await asyncio.to_thread(self._worker)
+        expected = len(self.followers) - len(on_b)
+        for f in on_b:
+            f.drop(hold=True)
+        dropped = time.monotonic()
+        zero = await until(lambda: state(self.a)["active"] == expected)
+        if zero is None:
+            figures.fail(f"worker A not back to {expected} streams: {state(self.a)['active']}")
+        else:
+            figures.zero.append(time.monotonic() - dropped)
+        for f in on_b:
+            f.release()
+        # 3. PostgreSQL restarted.
+        await self.restart_database()
+        # 4. checks
+        lost_rows = await until(lambda: self.rows(process) == {"lost": len(on_b)})
+        if lost_rows is None:
+            figures.fail(f"the killed worker's rows: {self.rows(process)}")
+        a = state(self.a, gc=True)
+        figures.rss.append(settled_rss(self.a.pid))
+        figures.objects.append(a["gc_objects"])
+        log(
+            f"  kill: {len(on_b)} moved, resumed after {last(figures.resumed)} s; drop: back "
+            f"to zero after {last(figures.zero)} s; PostgreSQL outage {last(figures.outages)} "
+            f"s, caught up {last(figures.recovered)} s after; A: RSS {figures.rss[-1]:.1f} MB, "
+            f"{figures.objects[-1]} objects"
+        )
+
+    async def restart_database(self) -> None:
+        figures = self.figures
+        refused = len(self.publisher.failures)
+        went = time.monotonic()
+        await asyncio.to_thread(self.cluster.stop_fast)
+        beating = await until(
+            lambda: (
+                len(self.publisher.failures) > refused
+                and all(f.heartbeats_between(went, time.monotonic()) >= 1 for f in self.followers)
+            )
+        )
+        if beating is None:
+            figures.fail("no publish failed or a stream had no heartbeat during the outage")
+        await asyncio.to_thread(self.cluster.start_again)
+        back = time.monotonic()
+        figures.outages.append(back - went)
+        counts = await asyncio.to_thread(self.history_counts)
+        took = await until(self.caught_up(counts))
+        if took is None:
+            figures.fail(f"subscribers did not catch up after the restart: {self.behind(counts)}")
+        else:
+            figures.recovered.append(time.monotonic() - back)
+            if took > SLOW:
+                log(f"  slow catch-up ({took:.1f} s); at the end: {self.behind(counts)}")
+
+    def behind(self, counts: dict[str, int]) -> str:
+        """Who is behind ``counts``, by worker (for a failure or a slow step)."""
+        late = [
+            f for f in self.followers if any(f.tally.get(t, 0) < counts.get(t, 0) for t in f.topics)
+        ]
+        by_port: dict[int, int] = {}
+        for f in late:
+            by_port[f.port] = by_port.get(f.port, 0) + 1
+        errors = [e for f in late for e in f.errors[-1:]][:3]
+        return f"{len(late)} behind, by port {by_port} (A {self.a.port}, B {self.b.port}) {errors}"
+
+    def rows(self, process: str) -> dict[str | None, int]:
+        return history_rows(self.cluster.connect, process)
+
+    async def finish(self) -> None:
+        figures = self.figures
+        await asyncio.to_thread(self.publisher.finish, WAIT)
+        counts = await asyncio.to_thread(self.history_counts)
+        if await until(self.caught_up(counts)) is None:
+            figures.fail("subscribers did not get the last events")
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        figures.subscribers = len(self.followers)
+        figures.published = sum(counts.values())
+        figures.refused = len(self.publisher.failures)
+        for f in self.followers:
+            figures.received += f.events
+            figures.resets += len(f.resets)
+            figures.duplicated += f.disorder
+            for topic in f.topics:
+                got, want = f.tally.get(topic, 0), counts.get(topic, 0)
+                figures.lost += max(0, want - got)
+                figures.duplicated += max(0, got - want)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.publisher.kill()
+        for server in (self.a, self.b):
+            server.close()
+
+
+def run_phase(duration: float, subscribers: int) -> BroadcastFigures:
+    """The phase, for about ``duration`` seconds (whole cycles, at least one)."""
+    figures = BroadcastFigures()
+    bindir = find_binaries()
+    if bindir is None:
+        figures.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: phase not run")
+        return figures
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+        cluster.migrate("tests.settings_pg")
+        asyncio.run(_run(cluster, duration, subscribers, figures))
+    except Exception as exc:
+        figures.fail(f"{type(exc).__name__}: {exc}")
+    finally:
+        cluster.stop()
+    return figures
+
+
+async def _run(
+    cluster: PostgresCluster, duration: float, subscribers: int, figures: BroadcastFigures
+) -> None:
+    started = time.monotonic()
+    phase = await asyncio.to_thread(Phase, cluster, subscribers, figures)
+    try:
+        await phase.start()
+        log(
+            f"broadcast: {subscribers} subscribers on 2 uvicorn workers (A pid {phase.a.pid}), "
+            f"PostgreSQL, {duration:.0f} s"
+        )
+        while len(figures.failures) < 3 and (
+            figures.cycles == 0 or time.monotonic() - started < duration
+        ):
+            figures.cycles += 1
+            log(f"broadcast cycle {figures.cycles} ({time.monotonic() - started:.0f} s)")
+            await phase.cycle()
+        await phase.finish()
+        # Tracebacks of the outage's log lines are expected; an error a request met is not.
+        if "Exception in ASGI application" in phase.a.logs():
+            figures.fail("a request of worker A failed")
+    finally:
+        with contextlib.suppress(Exception):
+            phase.close()
+
+
+def halves(values: list[float]) -> str:
+    """The medians of the first and second half of the cycles (a trend shows there)."""
+    if len(values) < 4:
+        return ""
+    half = len(values) // 2
+    first, second = statistics.median(values[:half]), statistics.median(values[half:])
+    return f"; median {first:.2f} in the first half of the cycles, {second:.2f} in the second"
+
+
+def summary(figures: BroadcastFigures) -> None:
+    def span(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+    log("\n=== broadcast phase ===")
+    log(f"cycles                     {figures.cycles}, {figures.subscribers} subscribers")
+    log("(times: min / median / max)")
+    log(
+        f"events                     {figures.published} published "
+        f"({figures.refused} attempts refused during outages, retried), "
+        f"{figures.received} received"
+    )
+    log(f"lost / duplicated / resets {figures.lost} / {figures.duplicated} / {figures.resets}")
+    moved = f"{min(figures.moved)}-{max(figures.moved)}" if figures.moved else "-"
+    log(f"worker kill, resumed (s)   {span(figures.resumed)} ({moved} subscribers moved)")
+    log(f"drop, back to zero (s)     {span(figures.zero)}{halves(figures.zero)}")
+    log(f"PostgreSQL outage (s)      {span(figures.outages)}")
+    log(f"caught up after it (s)     {span(figures.recovered)}")
+    if figures.rss:
+        log(
+            f"worker A RSS (MB)          first {figures.rss[0]:.1f}  last {figures.rss[-1]:.1f}  "
+            f"max {max(figures.rss):.1f}; objects first {figures.objects[0]} "
+            f"last {figures.objects[-1]}"
+        )
+    log(f"failures                   {len(figures.failures)}")
+    for failure in figures.failures:
+        log(f"  - {failure}")
+
+
+def check_trends(figures: BroadcastFigures) -> None:
+    """Nothing lost or twice, memory flat (the last cycle against the first) and the time
+    back to zero unchanged (the second half of the cycles against the first)."""
+    if figures.lost or figures.duplicated:
+        figures.fail(f"{figures.lost} events lost, {figures.duplicated} duplicated")
+    if len(figures.rss) >= 3 and figures.rss[-1] > figures.rss[0] * 1.10:
+        figures.fail(f"worker A RSS grew {figures.rss[0]:.1f} -> {figures.rss[-1]:.1f} MB")
+    if len(figures.zero) >= 4:  # halves' medians: one slow cycle on a shared machine is noise
+        half = len(figures.zero) // 2
+        first, second = (
+            statistics.median(figures.zero[:half]),
+            statistics.median(figures.zero[half:]),
+        )
+        if second > 2 * first + 1.0:
+            figures.fail(f"back to zero: median {first:.2f} s, then {second:.2f} s")
+
+
+def main(duration: float, subscribers: int) -> BroadcastFigures:
+    # The ids the subscribers start from are made with django_flosse's own IdFormat.
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    import django
+
+    django.setup()
+    figures = run_phase(duration, subscribers)
+    check_trends(figures)
+    summary(figures)
+    return figures
