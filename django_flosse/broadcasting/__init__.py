@@ -8,7 +8,7 @@
     _subscription  subscribe(): join the fan-out, replay from the history, then live
     _messages      drafts and messages: validation, the encoded body, the reset event
     _ids           resume ids: a position per topic, opaque to clients
-    _checks        deploy checks W008, W009: what the chosen backend promises under faults
+    _checks        deploy checks W009, W010: what the chosen backend promises under faults
     backends/      base (the contract, the fan-out), database, redis, memory
 
 Modules starting with ``_`` are internal: their names may change in any release.
