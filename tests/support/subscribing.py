@@ -102,14 +102,16 @@ class Reader:
     def take(self, count: int, timeout: float = WAIT) -> list[EncodedEvent]:
         """The next ``count`` events (AssertionError if they do not come in time)."""
         deadline = time.monotonic() + timeout
-        got = []
-        for _ in range(count):
+        got: list[EncodedEvent] = []
+        while len(got) < count:
             try:
-                got.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
+                # In short waits, so that a subscription that raised fails the test at once.
+                got.append(self.events.get(timeout=min(0.1, max(0.0, deadline - time.monotonic()))))
             except queue.Empty:
-                raise AssertionError(
-                    f"got {datas(got)} of {count} events (error: {self.error!r})"
-                ) from None
+                if self.error is not None or time.monotonic() >= deadline:
+                    raise AssertionError(
+                        f"got {datas(got)} of {count} events (error: {self.error!r})"
+                    ) from self.error
         return got
 
     def take_until(self, data: str, limit: int = 10_000) -> list[EncodedEvent]:

@@ -102,7 +102,8 @@ class DatabaseBackend(Backend):
         return str(position)
 
     def parse_position(self, text: str) -> Any:
-        return int(text) if text.isdigit() and len(text) <= 18 else None
+        # isdigit() alone takes "²" (int() refuses it) and Arabic-Indic digits (int() reads them).
+        return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
     # -- publishing ----------------------------------------------------------------------
     def publish(self, drafts: Sequence[Draft], *, independent: bool = False) -> None:
