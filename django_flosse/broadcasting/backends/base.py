@@ -24,7 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -32,10 +32,14 @@ from typing import Any, ClassVar
 from ...conf import Config
 from .._messages import Draft, Message
 
-__all__ = ["Backend", "Fanout", "Page", "Subscriber", "done"]
+__all__ = ["Backend", "Fanout", "KeptPages", "Page", "Subscriber", "done"]
 
 #: Events one history read returns at most.
 PAGE_SIZE = 500
+#: Seconds a history page stays ready for the next subscriber resuming at its position.
+KEEP_PAGES_SECONDS = 5.0
+#: Bytes of event bodies the kept pages of one process hold at most.
+KEEP_PAGES_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,67 @@ class Page:
     #: False when the history no longer holds every event right after the position (trimmed,
     #: or lost by the backend): the subscriber cannot resume from it and gets a reset.
     complete: bool
+
+
+class KeptPages:
+    """History pages read lately, kept a few seconds for the next subscriber that resumes
+    at the same position (thread-safe).
+
+    In a reconnect storm (a deploy, a network blip) clients come back over a second or
+    more, with ids at a handful of positions; a read ends in a millisecond, so reads that
+    merely overlap in time would share almost nothing, and each client would cost a query.
+    A page is the events right after a position, and the history is append-only in
+    position order, so a page stays true: it is handed out again while it reaches the
+    caller's bound (or is a full page; the caller reads on). An empty page is not kept:
+    it only says "nothing yet". Bounded by ``KEEP_PAGES_BYTES`` of bodies (the oldest go
+    first) and ``KEEP_PAGES_SECONDS``; the backend calls :meth:`expire` from its reader's
+    rounds, so an idle process holds none after that.
+    """
+
+    def __init__(
+        self, seconds: float = KEEP_PAGES_SECONDS, max_bytes: int = KEEP_PAGES_BYTES
+    ) -> None:
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._pages: OrderedDict[tuple[str, Any], tuple[float, int, Page]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, topic: str, after: Any, upto: Any) -> Page | None:
+        with self._lock:
+            kept = self._pages.get((topic, after))
+        if kept is None:
+            return None
+        page = kept[2]
+        if len(page.messages) >= PAGE_SIZE or page.messages[-1].position >= upto:
+            return page
+        return None
+
+    def keep(self, topic: str, after: Any, page: Page, now: float) -> None:
+        if not page.messages:
+            return
+        size = sum(len(message.body) for message in page.messages)
+        with self._lock:
+            old = self._pages.pop((topic, after), None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._pages[topic, after] = (now + self.seconds, size, page)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                self._bytes -= self._pages.popitem(last=False)[1][1]
+        self.expire(now)
+
+    def expire(self, now: float) -> None:
+        with self._lock:
+            while self._pages:
+                key, (expires, size, _page) = next(iter(self._pages.items()))
+                if expires > now:
+                    break
+                del self._pages[key]
+                self._bytes -= size
+
+    def __len__(self) -> int:
+        return len(self._pages)
 
 
 class Subscriber:
