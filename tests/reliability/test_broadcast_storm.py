@@ -44,7 +44,8 @@ from django.test import override_settings
 from django_flosse.broadcasting._ids import IdFormat
 from django_flosse.broadcasting._messages import make_draft
 from django_flosse.broadcasting.backends import close_backend, get_backend
-from tests.support.observe import showing_logs, state, wait_until
+from tests.reliability.storm_client import settle_idle
+from tests.support.observe import showing_logs
 from tests.support.processes import cpu_seconds, rss_mb, settled_rss
 from tests.support.servers import HOST, LiveServer
 from tests.support.wire import get_json, request_bytes
@@ -102,9 +103,10 @@ def topics() -> Iterator[list[str]]:
     names = [f"storm{i}-{tag}" for i in range(TOPICS)]
     with override_settings(FLOSSE=FLOSSE):
         backend = get_backend()
+        now = time.time()  # a publish time of 0 would be trimmed as older than the history
         for topic in names:
             drafts = [
-                make_draft(topic, f"{topic}:{n}", None, dumps=str, max_bytes=1000, published_at=0)
+                make_draft(topic, f"{topic}:{n}", None, dumps=str, max_bytes=1000, published_at=now)
                 for n in range(1, HEAD + 1)
             ]
             backend.publish(drafts)
@@ -179,14 +181,6 @@ def check_complete(clients: list[Client]) -> None:
         if not c.done or c.received != list(range(c.after + 1, HEAD + 1))
     ]
     assert not wrong, f"{len(wrong)} of {len(clients)} clients: {wrong[:5]}"
-
-
-def settle_idle(server: LiveServer) -> None:
-    """Until every stream of the server has closed (the clients have gone) and the history
-    pages kept for resumes have expired (``KEEP_PAGES_SECONDS``)."""
-    assert wait_until(lambda: state(server)["active"] == 0, 30.0, 0.1) is not None, state(server)
-    kept = wait_until(lambda: get_json(server, "/storm/report/")["kept_pages"] == 0, 30.0, 0.2)
-    assert kept is not None, get_json(server, "/storm/report/")
 
 
 def test_a_reconnect_storm_shares_history_reads_serves_everyone_and_returns_memory(

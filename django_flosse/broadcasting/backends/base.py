@@ -38,8 +38,9 @@ __all__ = ["Backend", "Fanout", "KeptPages", "Page", "Subscriber", "done"]
 PAGE_SIZE = 500
 #: Seconds a history page stays ready for the next subscriber resuming at its position.
 KEEP_PAGES_SECONDS = 5.0
-#: Bytes of event bodies the kept pages of one process hold at most.
-KEEP_PAGES_BYTES = 16 * 1024 * 1024
+#: Bytes of event bodies the kept pages of one process hold at most (with each event's
+#: data and its shared frame, made once it is sent, about three times as much memory).
+KEEP_PAGES_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
