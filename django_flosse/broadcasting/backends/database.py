@@ -279,7 +279,7 @@ class DatabaseBackend(Backend):
             raise
         self._serve_reads(reads)
         now = time.monotonic()
-        self._kept.expire(now)
+        self._kept.expire()
         if rung_all or now - self._last_full_poll >= self.config.broadcast_poll_interval:
             self._last_full_poll = now
             self._fanout.sweep()
@@ -322,7 +322,7 @@ class DatabaseBackend(Backend):
     def _serve_reads(self, reads: dict[tuple[str, int], concurrent.futures.Future[Page]]) -> None:
         for (topic, after), future in reads.items():
             page = self._read(topic, after)
-            self._kept.keep(topic, after, page, time.monotonic())
+            self._kept.keep(topic, after, page)
             with self._lock:
                 del self._reads[topic, after]  # a later read at this position asks again
             future.set_result(page)
