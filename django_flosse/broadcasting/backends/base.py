@@ -123,6 +123,12 @@ class KeptPages:
                 del self._pages[key]
                 self._bytes -= size
 
+    def clear(self) -> None:
+        """Forget every page (the backend's history was lost: its positions mean nothing)."""
+        with self._lock:
+            self._pages.clear()
+            self._bytes = 0
+
     def __len__(self) -> int:
         return len(self._pages)
 
