@@ -26,7 +26,6 @@ import asyncio
 import json
 import re
 import string
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,11 +41,9 @@ from django_flosse.broadcasting import RESET_EVENT
 from django_flosse.broadcasting._ids import MAX_ID_LENGTH, IdFormat
 from django_flosse.broadcasting.backends import get_backend
 from django_flosse.broadcasting.backends.base import PAGE_SIZE, Backend
-from django_flosse.events import EncodedEvent
-from django_flosse.testing import parse_events
 from tests.support.redis import RedisServer
 from tests.support.redis import redis_server_fixture as redis_server_fixture  # the fixture
-from tests.support.subscribing import Reader, request
+from tests.support.subscribing import fields_of, request, settled_reader
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -147,7 +144,7 @@ def history(request: pytest.FixtureRequest, settings: Any) -> Iterator[History]:
     settings.FLOSSE = flosse
     backend = get_backend()
     known = History(name, backend, floor, parse)
-    watcher = watch(backend, request_with())
+    watcher = settled_reader(backend, request_with(), SUBSCRIBED)
     for i in range(1, count + 1):
         broadcast(SUBSCRIBED, f"t:{i}")
     for i in range(1, 4):
@@ -184,31 +181,6 @@ def record_reads(history: History) -> None:
         return future
 
     backend.read = recorded  # type: ignore[method-assign]
-
-
-# --------------------------------------------------------------------------- a subscriber
-def watch(backend: Backend, req: Any, topic: str = SUBSCRIBED) -> Reader:
-    """A sync subscription of ``topic`` iterated in a thread, once it has joined and read
-    what it replays (so that an event published now is live for it, whatever its id
-    claimed)."""
-    reader = Reader(subscribe(req, topic))
-    subscription = reader.subscription
-    deadline = time.monotonic() + WAIT
-    while backend.subscribers(topic) < 1 or subscription._catching_up is not None:
-        assert reader.error is None and time.monotonic() < deadline, reader.error
-        time.sleep(0.002)
-    return reader
-
-
-def fields_of(event: EncodedEvent) -> dict[str, str]:
-    """The one event a browser reads from the frame; no field but id, event and data."""
-    text = event.frame.decode()
-    assert text.endswith("\n\n") and "\n\n" not in text[:-2] and "\r" not in text, text
-    names = [line.partition(":")[0] for line in text[:-2].split("\n")]
-    assert names[0] == "id" and names.count("id") == 1, names
-    assert set(names) <= {"id", "event", "data"} and names.count("event") <= 1, names
-    (one,) = parse_events(event.frame)
-    return {"id": one.id, "event": one.event, "data": one.data}
 
 
 # --------------------------------------------------------------------------- ids to try
@@ -276,7 +248,7 @@ def test_any_resume_id_resumes_exactly_or_resets_once(history: History, data: An
     history.reads.clear()
 
     req = request_with(text) if where == "header" else request_with(query=text)
-    watcher = watch(history.backend, req)
+    watcher = settled_reader(history.backend, req, SUBSCRIBED)
     broadcast(OTHER, "u:live")
     broadcast(SUBSCRIBED, live)
     got = watcher.take_until(live)
@@ -373,7 +345,7 @@ def test_any_publish_raises_value_error_or_arrives_as_one_clean_event(
             if isinstance(topic, str) and re.fullmatch(r"[\w.:-]{1,128}", topic, re.A)
             else "t"
         )
-        watcher = watch(backend, request_with(), watched)
+        watcher = settled_reader(backend, request_with(), watched)
         try:
             if call == "broadcast":
                 broadcast(topic, payload, event=event)
@@ -405,7 +377,7 @@ def test_a_database_id_with_non_ascii_digits_resets(history: History, part: str)
     subscription (``int()`` refuses them) and "٣" (Arabic-Indic 3) resumed as position 3."""
     assert history.backend.parse_position(part) is None
     live = f"t:{len(history.events) + 1}"
-    watcher = watch(history.backend, request_with(history.ids.prefix + part))
+    watcher = settled_reader(history.backend, request_with(history.ids.prefix + part), SUBSCRIBED)
     broadcast(SUBSCRIBED, live)
     got = watcher.take_until(live)
     watcher.stop()
