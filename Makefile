@@ -95,7 +95,7 @@ test: $(STAMP)
 # asyncio.timeout; 3.12.1: no thread at exit, asyncio.Server.wait_closed). Left out there:
 # the thousand-stream rounds (tests/reliability/test_disconnects.py, about a minute, RSS
 # and object counts on uvicorn), the thousand-client broadcast storm and stuck subscribers
-# (tests/reliability/test_broadcast_storm.py and test_broadcast_stuck.py, about 45 and
+# (tests/reliability/test_broadcast_storm.py and test_broadcast_stuck.py, about 75 and
 # 35 s: query counts, lags, RSS and objects) and the benchmark harness's smoke run
 # (tests/test_bench.py): memory figures and tooling, not version-dependent code.
 # `MATRIX_PYTEST_ARGS=` runs all.
