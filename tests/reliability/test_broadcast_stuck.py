@@ -75,7 +75,10 @@ STUCK = 50
 EVENTS = 300
 FILLER_EVENTS = 120
 FILLER_BYTES = 32_000
-LAG_RATIO = 2.0
+#: The publisher saturates both servers, whose shares of the two cores vary: the ratio
+#: was 0.73-1.53 (median) and 0.58-1.60 (p95) over ten runs. What this guards against, a
+#: stuck client holding up the event loop or the fan-out, costs seconds per event.
+LAG_RATIO = 2.5
 #: One reader in this many records its lags in the server (a bounded list there).
 TIMED_EVERY = 10
 #: What the stuck clients may add to their server's RSS beyond the control server's growth
