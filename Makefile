@@ -97,11 +97,15 @@ test: $(STAMP)
 # and object counts on uvicorn), the worker killed under 500 broadcast subscribers
 # (tests/reliability/test_broadcast_worker_death.py, about 20 s: reconnects and history rows,
 # whose version-dependent parts the engine outages of test_broadcast_outages.py, kept here,
-# exercise too) and the smoke runs of the benchmark harness and of the soak's broadcast
-# phase (tests/test_bench.py, tests/test_soak.py): load figures and tooling, not
-# version-dependent code. `MATRIX_PYTEST_ARGS=` runs all.
+# exercise too), the thousand-client broadcast storm and stuck subscribers
+# (tests/reliability/test_broadcast_storm.py and test_broadcast_stuck.py, about 75 and
+# 35 s: query counts, lags, RSS and objects) and the smoke runs of the benchmark harness and
+# of the soak's broadcast phase (tests/test_bench.py, tests/test_soak.py): load figures and
+# tooling, not version-dependent code. `MATRIX_PYTEST_ARGS=` runs all.
 MATRIX_PYTEST_ARGS ?= --ignore=tests/reliability/test_disconnects.py \
-  --ignore=tests/reliability/test_broadcast_worker_death.py --ignore=tests/test_bench.py \
+  --ignore=tests/reliability/test_broadcast_worker_death.py \
+  --ignore=tests/reliability/test_broadcast_storm.py \
+  --ignore=tests/reliability/test_broadcast_stuck.py --ignore=tests/test_bench.py \
   --ignore=tests/test_soak.py
 REQUIRE_PY310 ?= 0
 REQUIRE_PY312 ?= 0

@@ -797,3 +797,58 @@ def test_the_memory_backend_forgets_quiet_topics_nobody_subscribes_to(
     assert sorted(backend._topics) == ["fresh", "watched"]
     assert len(backend._topics["watched"].history) == 0  # trimmed, kept for its subscriber
     watcher.stop()
+
+
+# --------------------------------------------------------------------------- kept pages
+def _page(first: int, count: int, size: int = 10) -> Any:
+    from django_flosse.broadcasting._messages import Message
+    from django_flosse.broadcasting.backends.base import Page
+
+    return Page([Message("t", p, b"x" * size, 0.0) for p in range(first, first + count)], True)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_kept_pages_are_handed_out_while_they_reach_the_bound() -> None:
+    from django_flosse.broadcasting.backends.base import PAGE_SIZE, KeptPages
+
+    kept = KeptPages(seconds=5.0, max_bytes=10_000, clock=_Clock())
+    page = _page(11, 10)  # positions 11..20, read after 10
+    kept.keep("t", 10, page)
+    assert kept.get("t", 10, upto=20) is page
+    assert kept.get("t", 10, upto=21) is None  # newer events: read again
+    assert kept.get("t", 11, upto=20) is None and kept.get("u", 10, upto=20) is None
+    full = _page(1, PAGE_SIZE, size=1)
+    kept.keep("t", 0, full)
+    assert kept.get("t", 0, upto=10**9) is full  # a full page: the caller reads on
+    kept.keep("t", 30, _page(31, 0))
+    assert kept.get("t", 30, upto=30) is None  # an empty page is never kept
+
+
+def test_kept_pages_expire_after_their_last_use_and_stay_within_their_bytes() -> None:
+    from django_flosse.broadcasting.backends.base import KeptPages
+
+    clock = _Clock()
+    kept = KeptPages(seconds=5.0, max_bytes=250, clock=clock)
+    for after in range(3):
+        clock.now = float(after)
+        kept.keep("t", after * 10, _page(after * 10 + 1, 10))
+    assert len(kept) == 2  # 100 bytes each: the oldest went
+    assert kept.get("t", 0, upto=10) is None and kept.get("t", 20, upto=30) is not None
+    clock.now = 6.5  # the page after 10 was kept at 1, the one after 20 used again at 2
+    kept.expire()
+    assert len(kept) == 1
+    clock.now = 6.9
+    assert kept.get("t", 20, upto=30) is not None  # used again: kept 5 s from now
+    clock.now = 11.8
+    kept.expire()
+    assert len(kept) == 1
+    clock.now = 11.9
+    kept.expire()
+    assert len(kept) == 0

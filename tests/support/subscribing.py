@@ -18,7 +18,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.test import RequestFactory
 
-from django_flosse.broadcasting import RESET_EVENT, Subscription
+from django_flosse.broadcasting import RESET_EVENT, Subscription, subscribe
 from django_flosse.broadcasting.backends import get_backend
 from django_flosse.events import EncodedEvent
 from django_flosse.observing.registry import Connection, registry
@@ -177,3 +177,27 @@ class Reader:
         self.thread.join(WAIT)
         assert not self.thread.is_alive(), "the subscriber did not stop"
         assert self.error is None, self.error
+
+
+def settled_reader(backend: Any, req: HttpRequest, topic: str) -> Reader:
+    """A :class:`Reader` of ``subscribe(req, topic)``, once it has joined and read what it
+    replays: an event published now is live for it, whatever its id claimed."""
+    reader = Reader(subscribe(req, topic))
+    subscription = reader.subscription
+    deadline = time.monotonic() + WAIT
+    while backend.subscribers(topic) < 1 or subscription._catching_up is not None:
+        assert reader.error is None and time.monotonic() < deadline, reader.error
+        time.sleep(0.002)
+    return reader
+
+
+def fields_of(event: EncodedEvent) -> dict[str, str]:
+    """The one event a browser reads from ``event``'s frame, which may have no field but
+    one ``id`` (first), at most one ``event``, and ``data`` lines."""
+    text = event.frame.decode()
+    assert text.endswith("\n\n") and "\n\n" not in text[:-2] and "\r" not in text, text
+    names = [line.partition(":")[0] for line in text[:-2].split("\n")]
+    assert names[0] == "id" and names.count("id") == 1, names
+    assert set(names) <= {"id", "event", "data"} and names.count("event") <= 1, names
+    one = parsed(event)
+    return {"id": one.id, "event": one.event, "data": one.data}

@@ -24,18 +24,25 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections import deque
-from collections.abc import Iterable, Sequence
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...conf import Config
 from .._messages import Draft, Message
 
-__all__ = ["Backend", "Fanout", "Page", "Subscriber", "done"]
+__all__ = ["Backend", "Fanout", "KeptPages", "Page", "Subscriber", "done"]
 
 #: Events one history read returns at most.
 PAGE_SIZE = 500
+#: Seconds a history page stays ready for the next subscriber resuming at its position,
+#: after it was last handed out.
+KEEP_PAGES_SECONDS = 5.0
+#: Bytes of event bodies the kept pages of one process hold at most (with each event's
+#: data and its shared frame, made once it is sent, about three times as much memory).
+KEEP_PAGES_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,83 @@ class Page:
     #: False when the history no longer holds every event right after the position (trimmed,
     #: or lost by the backend): the subscriber cannot resume from it and gets a reset.
     complete: bool
+
+
+class KeptPages:
+    """History pages read lately, kept for the next subscriber that resumes at the same
+    position (thread-safe).
+
+    In a reconnect storm (a deploy, a network blip) clients come back over a second or
+    more, with ids at a handful of positions, and a busy server takes many seconds to
+    serve them all; a read ends in a millisecond, so reads that merely overlap in time
+    would share almost nothing, and each client would cost a query. A page is the events
+    right after a position, and the history is append-only in position order, so a page
+    stays true: it is handed out again while it reaches the caller's bound (or is a full
+    page; the caller reads on). An empty page is not kept: it only says "nothing yet".
+    A page goes ``KEEP_PAGES_SECONDS`` after it was last handed out, and the oldest go
+    first past ``KEEP_PAGES_BYTES`` of bodies; the backend calls :meth:`expire` from its
+    reader's rounds, so an idle process soon holds none.
+    """
+
+    def __init__(
+        self,
+        seconds: float = KEEP_PAGES_SECONDS,
+        max_bytes: int = KEEP_PAGES_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._lock = threading.Lock()
+        # In expiry order: a page handed out again moves to the end.
+        self._pages: OrderedDict[tuple[str, Any], tuple[float, int, Page]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, topic: str, after: Any, upto: Any) -> Page | None:
+        key = (topic, after)
+        with self._lock:
+            kept = self._pages.get(key)
+            if kept is None:
+                return None
+            _expires, size, page = kept
+            if len(page.messages) < PAGE_SIZE and page.messages[-1].position < upto:
+                return None  # newer events than it holds: read again
+            self._pages[key] = (self._clock() + self.seconds, size, page)
+            self._pages.move_to_end(key)
+            return page
+
+    def keep(self, topic: str, after: Any, page: Page) -> None:
+        if not page.messages:
+            return
+        size = sum(len(message.body) for message in page.messages)
+        with self._lock:
+            old = self._pages.pop((topic, after), None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._pages[topic, after] = (self._clock() + self.seconds, size, page)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                self._bytes -= self._pages.popitem(last=False)[1][1]
+        self.expire()
+
+    def expire(self) -> None:
+        now = self._clock()
+        with self._lock:
+            while self._pages:
+                key, (expires, size, _page) = next(iter(self._pages.items()))
+                if expires > now:
+                    break
+                del self._pages[key]
+                self._bytes -= size
+
+    def clear(self) -> None:
+        """Forget every page (the backend's history was lost: its positions mean nothing)."""
+        with self._lock:
+            self._pages.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._pages)
 
 
 class Subscriber:

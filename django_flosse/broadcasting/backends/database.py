@@ -18,7 +18,9 @@ one after the other, which is what makes ``join`` exact (see ``base``). Each rou
    behind any id a process gave out before), a topic it does not track yet starts at its
    row's position (0 when it has none); the cut is where the reader has delivered up to;
 2. answers history reads, one query per (topic, position) however many subscribers of this
-   process asked for it (a reconnect storm after a deploy costs one read, not thousands);
+   process asked for it, and keeps each page a few seconds for the next subscriber at its
+   position (``base.KeptPages``): a reconnect storm after a deploy costs one read per
+   position, not thousands;
 3. polls: the positions of the topics it tracks (the rung ones only, between two full polls
    every ``BROADCAST_POLL_INTERVAL``), and for those that moved, the new events in order,
    handed to the fan-out.
@@ -52,7 +54,7 @@ from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
 from ._outage import Outage
 from ._pglisten import CHANNEL, Listener, listen_params
-from .base import PAGE_SIZE, Backend, Fanout, Page, Subscriber
+from .base import PAGE_SIZE, Backend, Fanout, KeptPages, Page, Subscriber, done
 
 __all__ = ["DatabaseBackend"]
 
@@ -83,6 +85,7 @@ class DatabaseBackend(Backend):
         self._joins: list[tuple[Subscriber, concurrent.futures.Future[dict[str, Any]]]] = []
         self._leaves: list[Subscriber] = []
         self._reads: dict[tuple[str, int], concurrent.futures.Future[Page]] = {}
+        self._kept = KeptPages()  # pages read lately, for the next resume at their position
         self._rung: set[str] = set()
         self._rung_all = False
         self._thread: threading.Thread | None = None
@@ -102,7 +105,8 @@ class DatabaseBackend(Backend):
         return str(position)
 
     def parse_position(self, text: str) -> Any:
-        return int(text) if text.isdigit() and len(text) <= 18 else None
+        # isdigit() alone takes "²" (int() refuses it) and Arabic-Indic digits (int() reads them).
+        return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
     # -- publishing ----------------------------------------------------------------------
     def publish(self, drafts: Sequence[Draft], *, independent: bool = False) -> None:
@@ -163,6 +167,9 @@ class DatabaseBackend(Backend):
             self._leaves.append(subscriber)  # served at the next round: no need to wake
 
     def read(self, topic: str, after: Any, upto: Any) -> concurrent.futures.Future[Page]:
+        kept = self._kept.get(topic, after, upto)
+        if kept is not None:
+            return done(kept)
         with self._lock:
             if self._stop.is_set():
                 failed: concurrent.futures.Future[Page] = concurrent.futures.Future()
@@ -274,6 +281,7 @@ class DatabaseBackend(Backend):
             raise
         self._serve_reads(reads)
         now = time.monotonic()
+        self._kept.expire()
         if rung_all or now - self._last_full_poll >= self.config.broadcast_poll_interval:
             self._last_full_poll = now
             self._fanout.sweep()
@@ -318,6 +326,7 @@ class DatabaseBackend(Backend):
     def _serve_reads(self, reads: dict[tuple[str, int], concurrent.futures.Future[Page]]) -> None:
         for (topic, after), future in reads.items():
             page = self._read(topic, after)
+            self._kept.keep(topic, after, page)
             with self._lock:
                 del self._reads[topic, after]  # a later read at this position asks again
             future.set_result(page)

@@ -65,7 +65,7 @@ from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
 from ._loop import LoopThread
 from ._outage import Outage
-from .base import PAGE_SIZE, Backend, Fanout, Page, Subscriber
+from .base import KEEP_PAGES_SECONDS, PAGE_SIZE, Backend, Fanout, KeptPages, Page, Subscriber, done
 
 __all__ = ["RedisBackend"]
 
@@ -174,6 +174,7 @@ class RedisBackend(Backend):
         # Shared history reads in flight, by (topic, after).
         self._reads_lock = threading.Lock()
         self._reads: dict[tuple[str, Position], concurrent.futures.Future[Page]] = {}
+        self._kept = KeptPages()  # pages read lately, for the next resume at their position
         # The rest belongs to the loop thread.
         self._client: Any = None
         self._fanout = Fanout()
@@ -282,6 +283,9 @@ class RedisBackend(Backend):
 
     # -- the history -----------------------------------------------------------------------
     def read(self, topic: str, after: Any, upto: Any) -> concurrent.futures.Future[Page]:
+        kept = self._kept.get(topic, after, upto)
+        if kept is not None:
+            return done(kept)
         key = (topic, after)
         with self._reads_lock:
             future = self._reads.get(key)
@@ -309,7 +313,9 @@ class RedisBackend(Backend):
             if isinstance(reply, BaseException):
                 raise reply
         messages = [_entry(topic, _parse_id(eid) or (0, 0), fields) for eid, fields in entries]
-        return Page(messages, _complete(info, after))
+        page = Page(messages, _complete(info, after))
+        self._kept.keep(topic, after, page)
+        return page
 
     # -- the loop thread -------------------------------------------------------------------
     def _submit(
@@ -365,10 +371,10 @@ class RedisBackend(Backend):
             if time.monotonic() - swept > SWEEP_SECONDS:
                 self._sweep()
                 swept = time.monotonic()
+            self._kept.expire()
             topics = self._topics()
             if not topics:
-                self._wake.clear()
-                await self._wake.wait()
+                await self._pause(KEEP_PAGES_SECONDS)  # then expire what is kept
                 continue
             pipe = self._client.pipeline(transaction=False)
             pipe.get(EPOCH_KEY)
@@ -444,6 +450,7 @@ class RedisBackend(Backend):
                 subscriber.close()
             self._members.clear()
             self._positions.clear()
+            self._kept.clear()
         self._epoch = epoch
         return epoch
 

@@ -1,0 +1,249 @@
+"""Isolation: what a subscriber, its ids, the metrics and the dashboard reveal of topics.
+
+- A subscriber only ever receives the topics its view subscribed: none of a topic whose
+  name merely starts like one of its own (``user-1`` and ``user-10``), none of another
+  subscription's, live or replayed, on the ``memory`` and ``database`` backends.
+- Ids reveal nothing a client could use: no topic name, a digest keyed with the project's
+  ``SECRET_KEY`` (another key, another digest), positions of its own topics only; an id
+  of another subscription (even one naming a superset of its topics) or one forged with
+  the wrong key gives ``flosse-reset``, which names only the subscription's own topics.
+- Topics never become metric labels: the metrics view, scraped after publishing to,
+  subscribing to and resetting per-user topics, names none of them.
+- Per-user topics are shown on the admin dashboard (its page and its feed) only to users
+  who may view connections (active staff with the model's view or change permission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.test import Client, RequestFactory, override_settings
+from django.urls import reverse
+from django.utils import timezone
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from django_flosse import broadcast, subscribe
+from django_flosse.broadcasting import RESET_EVENT
+from django_flosse.broadcasting._ids import IdFormat
+from django_flosse.broadcasting.backends import get_backend
+from django_flosse.models import StreamConnection
+from django_flosse.testing import collect_events, parse_events
+from tests import views
+from tests.support.subscribing import MEMORY, Reader, datas, joined, request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+#: Names that start like one another, or differ only in a separator.
+TOPICS = ("user-1", "user-10", "user-1.x", "user-1:x", "a", "a.b", "a-b", "A")
+
+
+def ids_of(*topics: str) -> IdFormat:
+    backend = get_backend()
+    names = tuple(sorted(set(topics)))
+    return IdFormat(backend.tag, names, backend.format_position, backend.parse_position)
+
+
+# --------------------------------------------------------------------------- delivery
+@pytest.fixture(params=["memory", "database"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Any]:
+    with override_settings(FLOSSE={**MEMORY, "BROADCAST_BACKEND": request.param}):
+        yield get_backend()
+
+
+def _run(backend: Any, subscriptions: list[tuple[str, ...]], published: list[str]) -> None:
+    """Subscribe each of ``subscriptions``, publish to ``published`` (data: the topic),
+    then a marker to each subscription's first topic: what each got must be exactly the
+    events of its own topics, in order."""
+    readers = [Reader(subscribe(request(), *topics)) for topics in subscriptions]
+    for topics in {t for s in subscriptions for t in s}:
+        joined(backend, topics, count=sum(topics in s for s in subscriptions))
+    for topic in published:
+        broadcast(topic, topic)
+    for i, topics in enumerate(subscriptions):
+        broadcast(topics[0], f"end-{i}")
+    for i, (reader, topics) in enumerate(zip(readers, subscriptions, strict=True)):
+        got = datas(reader.take_until(f"end-{i}"))
+        reader.stop()
+        mine = [t for t in published if t in topics]
+        ends = [f"end-{j}" for j, other in enumerate(subscriptions[:i]) if other[0] in topics]
+        assert [d for d in got if not d.startswith("end-")] == mine, (topics, got)
+        assert [d for d in got[:-1] if d.startswith("end-")] == ends, (topics, got)
+
+
+def test_a_subscriber_receives_only_its_own_topics(backend: Any) -> None:
+    subscriptions = [("user-1",), ("user-10", "a"), ("a.b",), ("user-1.x", "user-1:x", "A")]
+    _run(backend, subscriptions, [*TOPICS, *reversed(TOPICS), "user-100", "a.b.c", "b"])
+
+
+@hypothesis_settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(
+    subscriptions=st.lists(
+        st.lists(st.sampled_from(TOPICS), min_size=1, max_size=3, unique=True).map(tuple),
+        min_size=1,
+        max_size=4,
+    ),
+    published=st.lists(st.sampled_from(TOPICS), max_size=12),
+)
+def test_any_subscriptions_receive_only_their_own_topics(
+    subscriptions: list[tuple[str, ...]], published: list[str]
+) -> None:
+    with override_settings(FLOSSE=MEMORY):
+        _run(get_backend(), subscriptions, published)
+
+
+# --------------------------------------------------------------------------- ids
+def test_an_id_names_no_topic_and_needs_the_secret_key(backend: Any) -> None:
+    broadcast("user-42", "one")
+    event_id = ids_of("user-42").format({"user-42": 1})
+    tag, digest, position = event_id.split(".")
+    assert (tag, position) == (backend.tag, "1")
+    assert len(digest) == 12 and set(digest) <= set("0123456789abcdef")
+    assert "user" not in event_id
+    with override_settings(SECRET_KEY="another project's key"):
+        assert ids_of("user-42").prefix != f"{tag}.{digest}."
+    assert ids_of("user-43").prefix != f"{tag}.{digest}."
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "other-subscription",  # a real id of "secret"
+        "superset",  # a real id of ("t", "secret"): more topics than the view subscribed
+        "unkeyed",  # the digest made without the key
+    ],
+)
+def test_an_id_of_another_subscription_gets_a_reset_naming_only_its_own_topics(
+    backend: Any, forged: str
+) -> None:
+    for i in range(3):
+        broadcast("secret", f"secret-{i}")
+        broadcast("t", f"t-{i}")
+    if forged == "other-subscription":
+        text = ids_of("secret").format({"secret": 0})
+    elif forged == "superset":
+        text = ids_of("t", "secret").format({"t": 0, "secret": 0})
+    else:
+        unkeyed = hashlib.sha256(b"t").hexdigest()[:12]
+        text = f"{backend.tag}.{unkeyed}.0"
+    reader = Reader(subscribe(request(text), "t"))
+    joined(backend, "t")
+    broadcast("t", "live")
+    got = reader.take_until("live")
+    reader.stop()
+    assert datas(got) == ["<reset>", "live"]
+    assert got[0].event == RESET_EVENT and got[0].data == '{"topics": ["t"]}'
+    assert all(e.id.startswith(ids_of("t").prefix) and e.id.count(".") == 2 for e in got)
+
+
+# --------------------------------------------------------------------------- metrics
+def test_topics_never_become_metric_labels(admin_client: Client) -> None:
+    secret = "user-qzx-private"
+    with override_settings(FLOSSE=MEMORY):
+        backend = get_backend()
+
+        async def stream() -> list[str]:
+            """A client back with a made-up id (a reset), then a live event."""
+            resumed = RequestFactory().get("/", headers={"Last-Event-ID": "made-up"})
+            response = await views.broadcast_async(resumed, topics=secret)
+            frames = response.streaming_content  # type: ignore[attr-defined]
+            body = b""
+            try:
+                while RESET_EVENT.encode() not in body:
+                    body += await asyncio.wait_for(anext(frames), 10)
+                while not backend.subscribers(secret):
+                    await asyncio.sleep(0.01)
+                broadcast(secret, "hello")
+                while b"hello" not in body:
+                    body += await asyncio.wait_for(anext(frames), 10)
+            finally:
+                await frames.aclose()
+            return [e.event for e in parse_events(body)]
+
+        events = asyncio.run(stream())
+    assert events == [RESET_EVENT, "message"]
+    scraped = admin_client.get(reverse("flosse:metrics")).content.decode()
+    assert "flosse_broadcast_delivered_total" in scraped
+    assert secret not in scraped
+    labels = {
+        (name, value)
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        for name, value in sample.labels.items()
+    }
+    assert labels and not any(name == "topic" or "qzx" in value for name, value in labels)
+
+
+# --------------------------------------------------------------------------- dashboard
+@pytest.fixture
+def per_user_topics() -> StreamConnection:
+    now = timezone.now()
+    return StreamConnection.objects.create(
+        connection_id="c" * 32,
+        stream="tests.broadcast_async",
+        process="elsewhere.example:1",
+        opened_at=now,
+        last_seen_at=now,
+        topics="user-7-inbox user-7-orders",
+        username="seven",
+    )
+
+
+def _user(name: str, *, staff: bool, perms: tuple[str, ...] = ()) -> Client:
+    user = User.objects.create_user(name, password="pw", is_staff=staff)
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize(
+    ("who", "allowed"),
+    [
+        ("anonymous", False),
+        ("user with the view permission, not staff", False),
+        ("staff without the view permission", False),
+        ("staff with the view permission", True),
+        ("staff with the change permission", True),
+    ],
+)
+def test_per_user_topics_show_on_the_dashboard_only_to_who_may_view_connections(
+    per_user_topics: StreamConnection, who: str, allowed: bool
+) -> None:
+    clients = {
+        "anonymous": Client,
+        "user with the view permission, not staff": lambda: _user(
+            "u1", staff=False, perms=("view_streamconnection",)
+        ),
+        "staff without the view permission": lambda: _user("u2", staff=True),
+        "staff with the view permission": lambda: _user(
+            "u3", staff=True, perms=("view_streamconnection",)
+        ),
+        "staff with the change permission": lambda: _user(
+            "u4", staff=True, perms=("change_streamconnection",)
+        ),
+    }
+    client = clients[who]()
+    with override_settings(FLOSSE=MEMORY):
+        page = client.get(reverse("admin:django_flosse_dashboard"))
+        feed = client.get(reverse("admin:django_flosse_dashboard_stream"))
+        change = client.get(
+            reverse("admin:django_flosse_streamconnection_change", args=[per_user_topics.pk])
+        )
+        if not allowed:
+            for response in (page, feed, change):
+                assert response.status_code in (302, 403), response.status_code
+                assert not response.streaming and b"user-7" not in response.content
+            return
+        assert page.status_code == feed.status_code == change.status_code == 200
+        (snapshot,) = collect_events(feed, max_events=1)
+    assert "user-7-inbox user-7-orders" in [r.get("topics") for r in snapshot.json()["rows"]]
+    assert b"user-7-inbox" in change.content
