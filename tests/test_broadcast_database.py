@@ -409,7 +409,7 @@ def test_resumes_spread_over_time_share_one_history_query(
 
     ids = IdFormat(backend.tag, ["spread"], backend.format_position, backend.parse_position)
     for _ in range(5):  # one after the other
-        client = Collector("spread", last_id=ids.format({"spread": 10}))
+        client = reader_of("spread", last_id=ids.format({"spread": 10}))
         client.start()
         client.wait_for(10)
         client.stop()
@@ -424,14 +424,14 @@ def test_a_kept_page_never_hides_later_events(db: Setup) -> None:
     broadcast("later", "e0")
     (event,) = first.wait_for(1)
     first.stop()
-    at_head = Collector("later", last_id=event.id)  # reads an empty page
+    at_head = reader_of("later", last_id=event.id)  # reads an empty page
     at_head.start()
     db.wait_joined("later", 1)
     broadcast("later", "e1")
     at_head.wait_for(1)
     at_head.stop()
     broadcast("later", "e2")
-    again = Collector("later", last_id=event.id)  # the same position, two events later
+    again = reader_of("later", last_id=event.id)  # the same position, two events later
     again.start()
     again.wait_for(2)
     again.stop()
