@@ -15,6 +15,7 @@ from peers import BENCH_DIR, FLOSSE020_DIR, REFERENCE
 PACKAGES = (
     "django-flosse", "Django", "asgiref", "uvicorn", "uvloop", "httptools", "h11", "gunicorn",
     "sse-starlette", "starlette", "anyio", "prometheus-client", "structlog", "psutil", "py-spy",
+    "django-eventstream", "channels", "channels-redis", "redis", "psycopg",
 )  # fmt: skip
 
 
@@ -178,7 +179,13 @@ def markdown(data: dict[str, Any]) -> str:
     for goal, measured, holds in goals(rows, side):
         mark = "-" if holds is None else ("yes" if holds else "**no**")
         lines.append(f"| {goal} | {measured} | {mark} |")
-    lines += ["", *NOTES, "", "## Machine", ""]
+    lines += ["", *NOTES]
+    if not data["peers"]:  # only the fan-out workloads ran
+        lines = lines[:3]
+    import fanreport  # it uses this module's helpers
+
+    lines += fanreport.markdown(data.get("fanout") or {})
+    lines += ["", "## Machine", ""]
     facts = data["machine"]
     for key in ("cpu_model", "cpus", "memory_gib", "kernel", "python", "client_loop", "pinning",
                 "load_average_at_start", "commit"):  # fmt: skip
