@@ -120,13 +120,16 @@ class Subscribers:
         expected = len(self.readers) * events
         deadline = time.monotonic() + timeout
         quiet_since, last_total = time.monotonic(), -1
+        timed_out = True
         while time.monotonic() < deadline:
             total = sum(r.received for r in self.readers)
             if total >= expected:
+                timed_out = False
                 break
             if total != last_total:
                 quiet_since, last_total = time.monotonic(), total
             elif time.monotonic() - quiet_since > max(5.0, timeout / 6):
+                timed_out = False
                 break  # nothing arrived for a while: the rest is lost
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)  # duplicates trailing the last expected copy
@@ -159,6 +162,7 @@ class Subscribers:
             "subscribers_with_loss": subscribers_short,
             "subscribers_with_duplicates": subscribers_dup,
             "streams_ended": ended,
+            "timed_out": timed_out,  # still receiving when the time was up
             "lost_by_event": lost_by_event,
             "duplicates_by_event": dup_by_event,
             "published_ns": tally.published_ns[:events],

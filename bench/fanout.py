@@ -67,8 +67,8 @@ class FanSizes:
 
 FAN_SIZES = {
     "full": FanSizes((100, 1_000, 5_000, 10_000), 1_000, 20, 0.05, 200, 240.0),
-    "quick": FanSizes((50, 300), 100, 10, 0.05, 100, 60.0),
-    "tiny": FanSizes((30,), 20, 5, 0.05, 40, 30.0),
+    "quick": FanSizes((100, 500), 100, 10, 0.05, 100, 60.0),
+    "tiny": FanSizes((20,), 20, 5, 0.05, 40, 30.0),
 }
 
 
@@ -222,6 +222,7 @@ async def measure(
     result.update(summarize(tallies, sizes, subscribers))
     result.update(
         publisher=published,
+        timeout=sizes.timeout,
         rss_idle_kib_per_subscriber=(rss_idle - rss_before) / subscribers / 1024,
         server_cpu_s=round(cpu, 3),
         cpu_ms_per_1000_deliveries=(
@@ -251,6 +252,7 @@ def summarize(tallies: list[dict[str, Any]], sizes: FanSizes, subscribers: int) 
             1 for i in range(events) if any(t["lost_by_event"][i] for t in tallies)
         ),
         "streams_ended": sum(t["streams_ended"] for t in tallies),
+        "timed_out": any(t["timed_out"] for t in tallies),
         "exactly_once": lost == 0 and duplicates == 0,
         "latency_ms": latency_ms,
     }

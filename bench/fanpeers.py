@@ -21,6 +21,7 @@ class FanPeer(Peer):
     module: str = ""  # the app module under bench/apps (its urlpatterns, or its ASGI app)
     fan: str = ""  # BENCH_FAN for bench_settings: ours | eventstream[-storage] | channels | ""
     backend: str | None = None  # ours: FLOSSE["BROADCAST_BACKEND"]
+    engines: tuple[str, ...] = ()  # F2: what it shares across processes (postgres, redis)
     max_subscribers: int = ALL
 
     @property
@@ -83,16 +84,17 @@ F1_PEERS: list[FanPeer] = [
 F2_PEERS: list[FanPeer] = [
     _peer("ours-postgres", "ours", "fan_ours",
           "subscribe() + abroadcast(), database backend on PostgreSQL (LISTEN/NOTIFY)",
-          fan="ours", backend="database", needs=("psycopg",)),
+          fan="ours", backend="database", engines=("postgres",), needs=("psycopg",)),
     _peer("ours-redis", "ours", "fan_ours",
           "subscribe() + abroadcast(), redis backend (Redis Streams)",
-          fan="ours", backend="redis", needs=("redis",)),
+          fan="ours", backend="redis", engines=("redis",), needs=("redis",)),
     _peer("eventstream-redis", "eventstream", "fan_eventstream",
           "django-eventstream 5: EVENTSTREAM_REDIS + DjangoModelStorage on PostgreSQL",
-          fan="eventstream-storage", needs=("django_eventstream", "redis", "psycopg")),
+          fan="eventstream-storage", engines=("postgres", "redis"),
+          needs=("django_eventstream", "redis", "psycopg")),
     _peer("channels-redis", "channels", "fan_channels",
           "Channels 4: channels_redis RedisChannelLayer(capacity=1000, max_connections)",
-          fan="channels", needs=("channels_redis",)),
+          fan="channels", engines=("redis",), needs=("channels_redis",)),
 ]  # fmt: skip
 
 #: The row every F1 ratio is taken against.

@@ -34,6 +34,8 @@ def _line(name: str, n: str, m: dict[str, Any], limit_rate: float | None) -> str
         return f"| `{name}` | {int(n):,} | FAILED: {m['error']} |" + " |" * 10
     rate = m.get("deliveries_per_s")
     once = "yes" if m["exactly_once"] else "**NO**"
+    if m.get("timed_out"):
+        once += f" (still receiving after {m.get('timeout', 0):g} s: the rest counts as lost)"
     return (
         f"| `{name}` | {int(n):,} | {_fmt(m['spaced_p50_ms'])} | {_fmt(m['spaced_p99_ms'])} "
         f"| {_fmt(m['burst_p99_ms'])} | {_fmt(rate)} | {_x(_ratio(rate, limit_rate))} "

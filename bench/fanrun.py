@@ -35,27 +35,36 @@ def migrate(env: dict[str, str]) -> None:
 
 
 @contextlib.contextmanager
-def shared_engines() -> Iterator[tuple[dict[str, str] | None, str]]:
-    """PostgreSQL and Redis on 127.0.0.1 for F2: the servers' environment, or None and why."""
+def shared_engines(names: set[str], db: str) -> Iterator[tuple[dict[str, str] | None, str]]:
+    """PostgreSQL and/or Redis on 127.0.0.1 for F2 (``names``): the servers' environment
+    (without PostgreSQL their database is the run's SQLite file), or None and why not."""
     from tests.support.postgres import PostgresCluster, find_binaries
     from tests.support.redis import RedisServer
     from tests.support.redis import find_binary as find_redis
 
-    pg_bin, redis_bin = find_binaries(), find_redis()
-    if pg_bin is None or redis_bin is None:
+    pg_bin = find_binaries() if "postgres" in names else None
+    redis_bin = find_redis() if "redis" in names else None
+    if ("postgres" in names and pg_bin is None) or ("redis" in names and redis_bin is None):
         yield None, "PostgreSQL (initdb, pg_ctl) or redis-server not found"
         return
-    cluster, redis = PostgresCluster(pg_bin), RedisServer(redis_bin)
+    cluster = PostgresCluster(pg_bin) if pg_bin is not None else None
+    redis = RedisServer(redis_bin) if redis_bin is not None else None
+    env = {"BENCH_DB": db}
     try:
-        cluster.start()
-        redis.start()
-        env = {"BENCH_PG_PORT": str(cluster.port), "BENCH_REDIS_URL": redis.url}
-        migrate(env)
+        if cluster is not None:
+            cluster.start()
+            env["BENCH_PG_PORT"] = str(cluster.port)
+            migrate(env)
+        if redis is not None:
+            redis.start()
+            env["BENCH_REDIS_URL"] = redis.url
         yield env, ""
     finally:
-        with contextlib.suppress(Exception):
-            redis.stop()
-        cluster.stop()
+        if redis is not None:
+            with contextlib.suppress(Exception):
+                redis.stop()
+        if cluster is not None:
+            cluster.stop()
 
 
 def run(
@@ -65,8 +74,8 @@ def run(
     """Every fan-out workload in ``workloads`` ("F1", "F2" or both) for the peers ``names``."""
     log_dir = out / "logs"
     result: dict[str, Any] = {"sizes": sizes.__dict__, "F1": [], "F2": [], "pids": []}
+    migrate({"BENCH_DB": db})
     if "F1" in workloads:
-        migrate({"BENCH_DB": db})
         for peer in fanout.peers_named(names, F1_PEERS):
             print(f"-- F1 {peer.name} ({peer.label})", flush=True)
             row = run_async(fanout.f1_peer(peer, sizes, log_dir, {"BENCH_DB": db}, cpu))
@@ -74,16 +83,24 @@ def run(
             result["pids"] += row["pids"]
     f2_peers = fanout.peers_named(names, F2_PEERS) if "F2" in workloads else []
     if f2_peers:
-        with shared_engines() as (env, why):
+        engines = {name for peer in f2_peers for name in peer.engines}
+        with shared_engines(engines, db) as (env, why):
             if env is None:
                 result["F2_skipped"] = why
             for peer in f2_peers if env is not None else []:
                 print(f"-- F2 {peer.name} ({peer.label})", flush=True)
-                row = run_async(fanout.f2_peer(peer, sizes, log_dir, env, cpu))
+                own = {k: v for k, v in env.items() if k == "BENCH_DB" or _uses(peer, k)}
+                row = run_async(fanout.f2_peer(peer, sizes, log_dir, own, cpu))
                 result["F2"].append(row)
                 result["pids"] += row["pids"]
     result["leftovers"] = [pid for pid in result["pids"] if pid_alive(pid)]
     return result
+
+
+def _uses(peer: FanPeer, variable: str) -> bool:
+    return (variable == "BENCH_PG_PORT" and "postgres" in peer.engines) or (
+        variable == "BENCH_REDIS_URL" and "redis" in peer.engines
+    )
 
 
 def failures(result: dict[str, Any]) -> list[str]:

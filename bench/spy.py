@@ -168,3 +168,43 @@ def _short(path: str) -> str:
                 path = "stdlib:" + path.split("/", 1)[-1]
             break
     return path
+
+
+async def profile_fanout(
+    peer: Peer, server: Server, out: Path, sizes: Any, subscribers: int, seconds: float
+) -> dict[str, Any]:
+    """py-spy on a fan-out server while ``subscribers`` idle streams receive schedule after
+    schedule (``fanout.FanSizes``), published inside the server: a flame graph, then raw
+    stacks summed as for workload A."""
+    import fanout
+
+    svg = out / f"profile-fanout-{peer.name}.svg"
+    raw = out / f"profile-fanout-{peer.name}.txt"
+    publish = fanout.in_process_publish(server, sizes.timeout)
+    clients = fanout.Clients(max(1, -(-subscribers // fanout.PER_CLIENT)))
+    try:
+        await fanout.subscribe(clients, [server.port], subscribers, sizes.timeout)
+        count = await fanout.wait_registered([server], subscribers, sizes.timeout / 4)
+        if count < subscribers:
+            raise RuntimeError(f"only {count} of {subscribers} subscribers registered")
+        schedules = 0
+
+        async def keep_publishing(until: float) -> None:
+            nonlocal schedules
+            while time.monotonic() < until:
+                await publish(sizes.query())
+                schedules += 1
+
+        for fmt, output in (("flamegraph", svg), ("raw", raw)):
+            publishing = asyncio.ensure_future(keep_publishing(time.monotonic() + seconds))
+            try:
+                await record(server.pid, seconds, fmt, output)
+            finally:
+                await asyncio.wait_for(publishing, sizes.timeout)
+        await clients.ask([{"cmd": "close"}] * len(clients.procs), 30)
+    finally:
+        clients.stop()
+    found = summarize(raw.read_text())
+    found.update(svg=str(svg), raw=str(raw), pid=server.pid, subscribers=subscribers,
+                 schedules=schedules, events_per_s=0.0)  # fmt: skip
+    return found
