@@ -40,8 +40,8 @@ DATA_LINE = re.compile(rb'data: \{"i": (\d+), "t": (\d+)\}\n')
 #: Events a run publishes at most (the counters are sized for it).
 MAX_EVENTS = 1024
 
-#: Connections opened at once (uvicorn's listen backlog is 2048).
-OPEN_BATCH = 250
+#: Connections opened at once by one process (uvicorn's listen backlog is 2048).
+OPEN_BATCH = 100
 
 
 class Tally:
@@ -59,9 +59,20 @@ class FanReader(loadgen.StreamReader):
     def __init__(self, path: str, tally: Tally) -> None:
         super().__init__(path)
         self.tally = tally
+        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.copies = bytearray(MAX_EVENTS)
         self.received = 0
         self._tail = b""  # an event cut by the end of the last read
+
+    def _parse_head(self, head: bytes) -> None:
+        super()._parse_head(head)
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.head.done():
+            self.head.set_result(None)
 
     def _payload(self, data: bytes) -> None:
         now = time.monotonic_ns()
@@ -91,29 +102,37 @@ class Subscribers:
         self.transports: list[asyncio.Transport] = []
 
     async def open(self, port: int, path: str, count: int, timeout: float) -> dict[str, Any]:
-        """Connect ``count`` streams and wait (bounded) until each has its response head."""
-        loop = asyncio.get_running_loop()
+        """Connect ``count`` streams, ``OPEN_BATCH`` at a time, each batch waiting (bounded)
+        for its response heads: a server busy accepting is never sent more at once than
+        its listen backlog holds (the excess would wait for TCP's retransmissions)."""
         deadline = time.monotonic() + timeout
-        failed = 0
+        errors: dict[str, int] = {}
         for start in range(0, count, OPEN_BATCH):
             size = min(OPEN_BATCH, count - start)
             opened = await asyncio.gather(
-                *(self._connect(loop, port, path) for _ in range(size)), return_exceptions=True
+                *(self._connect(port, path) for _ in range(size)), return_exceptions=True
             )
-            failed += sum(isinstance(r, BaseException) for r in opened)
+            heads = []
+            for result in opened:
+                if isinstance(result, BaseException):
+                    errors[type(result).__name__] = errors.get(type(result).__name__, 0) + 1
+                else:
+                    heads.append(result.head)
+            left = deadline - time.monotonic()
+            if heads and left > 0:
+                await asyncio.wait(heads, timeout=left)
             if time.monotonic() > deadline:
                 break
-        # The heads arrive in the readers' callbacks, which set no future: poll (bounded).
-        while time.monotonic() < deadline and not all(r.status for r in self.readers):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        heads = sum(1 for r in self.readers if r.status == 200)
-        return {"opened": heads, "failed": failed + len(self.readers) - heads}
+        ok = sum(1 for r in self.readers if r.status == 200)
+        return {"opened": ok, "failed": count - ok, "errors": errors,
+                "no_head": sum(1 for r in self.readers if not r.status)}  # fmt: skip
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, port: int, path: str) -> None:
+    async def _connect(self, port: int, path: str) -> FanReader:
         reader = FanReader(path, self.tally)
         transport, _ = await loadgen.open_stream(port, path, rst=True, reader=reader)
         self.readers.append(reader)
         self.transports.append(transport)
+        return reader
 
     async def collect(self, events: int, timeout: float) -> dict[str, Any]:
         """Wait until every stream has ``events`` events (or ``timeout``), then the tally."""

@@ -125,9 +125,10 @@ def profile(
     sizes: fanout.FanSizes, out: Path, db: str, cpu: int | None, subscribers: int,
     seconds: float,
 ) -> dict[str, Any]:  # fmt: skip
-    """py-spy on ours (memory backend) while it publishes to ``subscribers`` subscribers."""
+    """A profile of ours (memory backend) while it publishes to ``subscribers`` subscribers."""
     import spy
 
+    migrate({"BENCH_DB": db})
     peer: FanPeer = fan_peer_named("ours-memory")
     print(f"-- profiling F1 {peer.name} at {subscribers:,} subscribers", flush=True)
     server = Server(peer, out / "logs", extra_env={"BENCH_DB": db}, cpu=cpu)

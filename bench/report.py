@@ -204,23 +204,30 @@ def profiles_markdown(profiles: dict[str, Any], facts: dict[str, Any]) -> str:
 def _profile_sections(profiles: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for name, prof in profiles.items():
-        fan = "subscribers" in prof
-        lines += ["", f"## Profile: `{name}` (py-spy, {'F1' if fan else 'workload A'})", ""]
+        cprofile = prof.get("profiler") == "cProfile"
+        tool = "cProfile, F1" if cprofile else "py-spy, workload A"
+        lines += ["", f"## Profile: `{name}` ({tool})", ""]
         if "error" in prof:
             lines.append(f"failed: {prof['error']}")
             continue
-        doing = (
-            f"published {prof['schedules']} schedules to {prof['subscribers']:,} subscribers"
-            if fan
-            else f"streamed {prof.get('events_per_s', 0):,.0f} events/s"
-        )
-        lines.append(
-            f"{prof['samples']} samples of the streaming threads "
-            f"({', '.join(prof.get('streaming_threads', [])) or '-'}; other threads and waits "
-            f"left out) while the server {doing} under py-spy; percentages are of those "
-            f"samples. Flame graph: `{Path(prof['svg']).name}`, raw stacks: "
-            f"`{Path(prof['raw']).name}`."
-        )
+        if cprofile:
+            lines.append(
+                f"cProfile on the server's event loop thread while it published one schedule "
+                f"to {prof['subscribers']:,} subscribers and delivered it "
+                f"({prof['seconds']:.1f} s of profiled self time; lost {prof['lost']}, "
+                f"duplicates {prof['duplicates']}; garbage collections meanwhile: "
+                f"{prof.get('gc')}); percentages are of that time, and "
+                "cProfile's own cost per call inflates functions called often. Stats: "
+                f"`{Path(prof['pstats']).name}`."
+            )
+        else:
+            lines.append(
+                f"{prof['samples']} samples of the streaming threads "
+                f"({', '.join(prof.get('streaming_threads', [])) or '-'}; other threads and "
+                f"waits left out) while the server streamed {prof.get('events_per_s', 0):,.0f} "
+                "events/s under py-spy; percentages are of those samples. Flame graph: "
+                f"`{Path(prof['svg']).name}`, raw stacks: `{Path(prof['raw']).name}`."
+            )
         lines += ["", "By function, highest self time first:", "",
                   "| function | self % | total % |", "|---|--:|--:|"]  # fmt: skip
         for entry in prof["top"]:

@@ -190,7 +190,7 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--fan-profile", type=int, default=0, metavar="N",
-        help="profile ours (memory backend) with py-spy during F1 at N subscribers",
+        help="profile ours (memory backend, cProfile) during F1 at N subscribers",
     )  # fmt: skip
     parser.add_argument("--drain", nargs=3, metavar=("PORT", "PATH", "SECONDS"),
                         help=argparse.SUPPRESS)  # fmt: skip

@@ -67,3 +67,45 @@ class Schedule:
             "seconds": ended - started,
             "burst_publish_seconds": ended - burst_started,
         }
+
+
+async def profiled(
+    schedule: Schedule,
+    publish: Callable[[dict[str, Any]], Awaitable[None]],
+    output: str,
+    linger: float,
+) -> dict[str, Any]:
+    """The schedule under cProfile, and ``linger`` seconds after it (the deliveries of the
+    burst go on after its last publish); the stats are dumped to ``output``.
+
+    cProfile sees only the thread that enables it: this one runs the event loop, so every
+    subscriber's stream step is in it. (py-spy, the benchmark's usual profiler, falls
+    seconds behind per sample on a server holding thousands of connections here.)
+    """
+    import cProfile
+    import gc
+
+    collections: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started: list[float] = []
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            collections[info["generation"]].append(time.perf_counter() - started.pop())
+
+    profiler = cProfile.Profile()
+    gc.callbacks.append(timed)
+    profiler.enable()
+    try:
+        done = await schedule.run(publish)
+        await asyncio.sleep(linger)
+    finally:
+        profiler.disable()
+        gc.callbacks.remove(timed)
+        profiler.dump_stats(output)
+    done["gc"] = {
+        f"gen{gen}": {"collections": len(times), "seconds": round(sum(times), 3)}
+        for gen, times in collections.items()
+    }
+    return done

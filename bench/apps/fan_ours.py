@@ -13,7 +13,7 @@ from typing import Any
 
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
-from fan_common import EVENT, TOPIC, Schedule
+from fan_common import EVENT, TOPIC, Schedule, profiled
 
 from django_flosse import abroadcast, sse_stream, subscribe
 from django_flosse.broadcasting.backends import get_backend
@@ -34,6 +34,13 @@ async def publish(request: HttpRequest) -> JsonResponse:
     return JsonResponse(await schedule.run(publish_one))
 
 
+async def profile(request: HttpRequest) -> JsonResponse:
+    """``/publish`` under cProfile: ``?out=PATH&linger=S`` and the schedule's parameters."""
+    query = request.META.get("QUERY_STRING", "")
+    output, linger = request.GET["out"], float(request.GET.get("linger", "5"))
+    return JsonResponse(await profiled(Schedule.from_query(query), publish_one, output, linger))
+
+
 def active(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"active": get_backend().subscribers(TOPIC)})  # type: ignore[attr-defined]
 
@@ -41,6 +48,7 @@ def active(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     path("fan", fan),
     path("publish", publish),
+    path("profile", profile),
     path("active", active),
     path("flosse/", include("django_flosse.urls")),
 ]
