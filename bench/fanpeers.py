@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from peers import APPS_DIR, Peer
 
-#: Subscribers a peer is run with at most in F1: the slow ones would take minutes per size.
+#: Subscribers a peer is run with at most in F1 (``max_subscribers``): the slower ones
+#: would take minutes per size on a shared 2-core machine; their memory per subscriber
+#: barely depends on N.
 ALL = 10_000
 
 
@@ -62,13 +64,14 @@ F1_PEERS: list[FanPeer] = [
     _peer("raw-asgi", "raw", "fan_raw",
           "bare ASGI: one pre-encoded frame sent to every open stream (the limit)"),
     _peer("django-queue", "django", "fan_django",
-          "async StreamingHttpResponse + hand-written asyncio.Queue per subscriber"),
+          "async StreamingHttpResponse + hand-written asyncio.Queue per subscriber",
+          max_subscribers=5_000),
     _peer("sse-starlette-queue", "sse-starlette", "fan_starlette",
           "EventSourceResponse + hand-written asyncio.Queue per subscriber",
-          needs=("sse_starlette",)),
+          needs=("sse_starlette",), max_subscribers=5_000),
     _peer("eventstream", "eventstream", "fan_eventstream",
           "django-eventstream 5: its view, send_event, no storage",
-          fan="eventstream", needs=("django_eventstream",)),
+          fan="eventstream", needs=("django_eventstream",), max_subscribers=5_000),
     _peer("eventstream-storage", "eventstream", "fan_eventstream",
           "django-eventstream 5 with DjangoModelStorage (reliable mode, SQLite)",
           fan="eventstream-storage", needs=("django_eventstream",), max_subscribers=1_000),

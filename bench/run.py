@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -98,6 +99,9 @@ def main() -> int:
         peers = []
     size_name = args.sizes or ("quick" if args.quick else "full")
     fan_sizes = fanout.FAN_SIZES[size_name]
+    if args.fan_subscribers:
+        counts = tuple(int(n) for n in args.fan_subscribers.split(","))
+        fan_sizes = dataclasses.replace(fan_sizes, subscribers=counts)
     started = time.time()
     facts = report.machine_facts(server_cpu, client_cpu)
     with tempfile.TemporaryDirectory(prefix="flosse-bench-") as tmp:
@@ -188,6 +192,9 @@ def parse_args() -> argparse.Namespace:
         "--fan-peers", help="comma-separated fan-out peers (default: all): "
         + ", ".join(p.name for p in F1_PEERS + F2_PEERS)
     )  # fmt: skip
+    parser.add_argument(
+        "--fan-subscribers", metavar="N[,N]", help="F1's sizes instead of the default ones"
+    )
     parser.add_argument(
         "--fan-profile", type=int, default=0, metavar="N",
         help="profile ours (memory backend, cProfile) during F1 at N subscribers",
