@@ -9,6 +9,7 @@ The SQLite file of the run gets the tables of ours and of django-eventstream's s
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -24,8 +25,10 @@ from peers import APPS_DIR, Server, pid_alive
 
 
 def migrate(env: dict[str, str]) -> None:
-    """Create ours' and django-eventstream's tables in the database ``env`` names."""
-    peer = fan_peer_named("eventstream-storage")
+    """Create ours' and (when installed) django-eventstream's tables in the database
+    ``env`` names."""
+    with_storage = importlib.util.find_spec("django_eventstream") is not None
+    peer = fan_peer_named("eventstream-storage" if with_storage else "ours-memory")
     full = Server(peer, Path(tempfile.gettempdir())).environment()
     full.update(env, BENCH_FLOSSE_APP="1")
     subprocess.run(
