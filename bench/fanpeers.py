@@ -84,6 +84,10 @@ F1_PEERS: list[FanPeer] = [
 ]  # fmt: skip
 
 #: F2: two server processes, the publisher in a third (``apps/fan_publisher.py``).
+#: django-eventstream's storage is the run's SQLite file, not PostgreSQL: each of its open
+#: streams holds a database connection (its reads run on the request's thread, whose
+#: connection Django closes when the response ends), so 1,000 subscribers exceed
+#: PostgreSQL's default max_connections (100): only 100 ever registered.
 F2_PEERS: list[FanPeer] = [
     _peer("ours-postgres", "ours", "fan_ours",
           "subscribe() + abroadcast(), database backend on PostgreSQL (LISTEN/NOTIFY)",
@@ -92,9 +96,9 @@ F2_PEERS: list[FanPeer] = [
           "subscribe() + abroadcast(), redis backend (Redis Streams)",
           fan="ours", backend="redis", engines=("redis",), needs=("redis",)),
     _peer("eventstream-redis", "eventstream", "fan_eventstream",
-          "django-eventstream 5: EVENTSTREAM_REDIS + DjangoModelStorage on PostgreSQL",
-          fan="eventstream-storage", engines=("postgres", "redis"),
-          needs=("django_eventstream", "redis", "psycopg")),
+          "django-eventstream 5: EVENTSTREAM_REDIS + DjangoModelStorage (SQLite file)",
+          fan="eventstream-storage", engines=("redis",),
+          needs=("django_eventstream", "redis")),
     _peer("channels-redis", "channels", "fan_channels",
           "Channels 4: channels_redis RedisChannelLayer(capacity=1000, max_connections)",
           fan="channels", engines=("redis",), needs=("channels_redis",)),

@@ -78,10 +78,14 @@ def run(
     log_dir = out / "logs"
     result: dict[str, Any] = {"sizes": sizes.__dict__, "F1": [], "F2": [], "pids": []}
     migrate({"BENCH_DB": db})
+    # django-eventstream's storage gets a file of its own (bench_settings: WAL journal).
+    storage_db = db + ".eventstream"
+    migrate({"BENCH_DB": storage_db})
     if "F1" in workloads:
         for peer in fanout.peers_named(names, F1_PEERS):
             print(f"-- F1 {peer.name} ({peer.label})", flush=True)
-            row = run_async(fanout.f1_peer(peer, sizes, log_dir, {"BENCH_DB": db}, cpu))
+            own = {"BENCH_DB": storage_db if peer.fan == "eventstream-storage" else db}
+            row = run_async(fanout.f1_peer(peer, sizes, log_dir, own, cpu))
             result["F1"].append(row)
             result["pids"] += row["pids"]
     f2_peers = fanout.peers_named(names, F2_PEERS) if "F2" in workloads else []
@@ -93,6 +97,8 @@ def run(
             for peer in f2_peers if env is not None else []:
                 print(f"-- F2 {peer.name} ({peer.label})", flush=True)
                 own = {k: v for k, v in env.items() if k == "BENCH_DB" or _uses(peer, k)}
+                if peer.fan == "eventstream-storage":
+                    own["BENCH_DB"] = storage_db
                 row = run_async(fanout.f2_peer(peer, sizes, log_dir, own, cpu))
                 result["F2"].append(row)
                 result["pids"] += row["pids"]

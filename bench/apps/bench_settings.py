@@ -86,6 +86,13 @@ if _FAN.startswith("eventstream"):
     INSTALLED_APPS.append("django_eventstream")
     if _FAN == "eventstream-storage":
         EVENTSTREAM_STORAGE_CLASS = "django_eventstream.storage.DjangoModelStorage"
+        if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+            # Its own file (fanrun.py): every open stream reads it after each event while
+            # a publisher writes, which SQLite's default journal refuses ("database is
+            # locked"); write-ahead logging lets readers and the writer overlap.
+            DATABASES["default"]["OPTIONS"] = {
+                "init_command": "PRAGMA journal_mode=WAL;", "timeout": 30,
+            }  # fmt: skip
     if _REDIS_URL:
         _host, _port = _REDIS_URL.split("//", 1)[1].split("/", 1)[0].split(":")
         EVENTSTREAM_REDIS = {"host": _host, "port": int(_port), "db": 0}
