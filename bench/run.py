@@ -19,6 +19,12 @@ Then the comparisons that need better than the machine's minute-to-minute drift 
 every server up at once (``sidebyside.py``): D round-robin over all peers, and A and B
 alternated between ours with observability on and off.
 
+Then the fan-out workloads (``fanrun.py``, ``fanout.py``; issue 14): F1, N idle subscribers
+of one topic in one server process, the publisher inside it; F2, two server processes and a
+publisher in a third, through PostgreSQL or Redis. ``--workloads`` picks among ``single``
+(A-D above), ``F1`` and ``F2``; the run fails when ours does not deliver every event to
+every subscriber exactly once.
+
 Every loop is bounded in count and time; every server is stopped by its pid, also when a
 workload fails.
 """

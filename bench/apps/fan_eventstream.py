@@ -3,8 +3,9 @@
 The view is mounted with ``{"channels": [TOPIC]}``; ``bench_settings`` adds
 ``django_eventstream`` to ``INSTALLED_APPS`` and, for the reliable variant, its
 ``DjangoModelStorage`` (``EVENTSTREAM_STORAGE_CLASS``), and ``EVENTSTREAM_REDIS`` when the
-events cross processes (F2). ``send_event`` is sync (with storage it writes a row), so the
-in-process ``/publish`` calls it through ``sync_to_async``, as async code must.
+events cross processes (F2). ``send_event`` is sync (with storage it writes a row): the in-process
+``/publish`` runs the whole schedule in one worker thread (``run_from_thread``), as a sync
+view or task would call it; F2's publisher process calls it through ``sync_to_async``.
 ``/active`` answers how many listeners its listener manager holds for the topic.
 """
 
@@ -18,7 +19,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django_eventstream import send_event
 from django_eventstream.views import get_listener_manager
-from fan_common import EVENT, TOPIC, Schedule
+from fan_common import EVENT, TOPIC, Schedule, run_from_thread
 
 
 def publish_sync(data: dict[str, Any]) -> None:
@@ -30,7 +31,7 @@ publish_one = sync_to_async(publish_sync)
 
 async def publish(request: HttpRequest) -> JsonResponse:
     schedule = Schedule.from_query(request.META.get("QUERY_STRING", ""))
-    return JsonResponse(await schedule.run(publish_one))
+    return JsonResponse(await sync_to_async(run_from_thread)(schedule, publish_sync))
 
 
 def active(request: HttpRequest) -> JsonResponse:
