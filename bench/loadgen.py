@@ -14,6 +14,7 @@ import socket
 import statistics
 import struct
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -157,11 +158,13 @@ class StreamReader(asyncio.Protocol):
 
 
 async def open_stream(
-    port: int, path: str, *, rst: bool = False, **kwargs: Any
+    port: int, path: str, *, rst: bool = False, reader: StreamReader | None = None, **kwargs: Any
 ) -> tuple[asyncio.Transport, StreamReader]:
-    """Connect and send the request; the reader counts what comes back."""
+    """Connect and send the request; the reader (a new ``StreamReader`` unless one is
+    given) counts what comes back."""
     loop = asyncio.get_running_loop()
-    reader = StreamReader(path, **kwargs)
+    if reader is None:
+        reader = StreamReader(path, **kwargs)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rst:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST_ON_CLOSE)
@@ -184,6 +187,24 @@ async def read_stream(port: int, path: str, timeout: float, **kwargs: Any) -> St
     finally:
         transport.abort()
     return reader
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+
+
+def run_async(coro: Awaitable[Any]) -> Any:
+    """Run ``coro`` on a fresh event loop (uvloop when installed), closed afterwards."""
+    loop = new_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 # -- workloads ---------------------------------------------------------------------------------

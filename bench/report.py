@@ -15,6 +15,7 @@ from peers import BENCH_DIR, FLOSSE020_DIR, REFERENCE
 PACKAGES = (
     "django-flosse", "Django", "asgiref", "uvicorn", "uvloop", "httptools", "h11", "gunicorn",
     "sse-starlette", "starlette", "anyio", "prometheus-client", "structlog", "psutil", "py-spy",
+    "django-eventstream", "channels", "channels-redis", "redis", "psycopg",
 )  # fmt: skip
 
 
@@ -178,7 +179,13 @@ def markdown(data: dict[str, Any]) -> str:
     for goal, measured, holds in goals(rows, side):
         mark = "-" if holds is None else ("yes" if holds else "**no**")
         lines.append(f"| {goal} | {measured} | {mark} |")
-    lines += ["", *NOTES, "", "## Machine", ""]
+    lines += ["", *NOTES]
+    if not data["peers"]:  # only the fan-out workloads ran
+        lines = lines[:3]
+    import fanreport  # it uses this module's helpers
+
+    lines += fanreport.markdown(data.get("fanout") or {})
+    lines += ["", "## Machine", ""]
     facts = data["machine"]
     for key in ("cpu_model", "cpus", "memory_gib", "kernel", "python", "client_loop", "pinning",
                 "load_average_at_start", "commit"):  # fmt: skip
@@ -197,17 +204,30 @@ def profiles_markdown(profiles: dict[str, Any], facts: dict[str, Any]) -> str:
 def _profile_sections(profiles: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     for name, prof in profiles.items():
-        lines += ["", f"## Profile: `{name}` (py-spy, workload A)", ""]
+        cprofile = prof.get("profiler") == "cProfile"
+        tool = "cProfile, F1" if cprofile else "py-spy, workload A"
+        lines += ["", f"## Profile: `{name}` ({tool})", ""]
         if "error" in prof:
             lines.append(f"failed: {prof['error']}")
             continue
-        lines.append(
-            f"{prof['samples']} samples of the streaming threads "
-            f"({', '.join(prof.get('streaming_threads', [])) or '-'}; other threads and waits "
-            f"left out) while the server streamed {prof.get('events_per_s', 0):,.0f} events/s "
-            "under py-spy; percentages are of those samples. Flame graph: "
-            f"`{Path(prof['svg']).name}`, raw stacks: `{Path(prof['raw']).name}`."
-        )
+        if cprofile:
+            lines.append(
+                f"cProfile on the server's event loop thread while it published one schedule "
+                f"to {prof['subscribers']:,} subscribers and delivered it "
+                f"({prof['seconds']:.1f} s of profiled self time; lost {prof['lost']}, "
+                f"duplicates {prof['duplicates']}; garbage collections meanwhile: "
+                f"{prof.get('gc')}); percentages are of that time, and "
+                "cProfile's own cost per call inflates functions called often. Stats: "
+                f"`{Path(prof['pstats']).name}`."
+            )
+        else:
+            lines.append(
+                f"{prof['samples']} samples of the streaming threads "
+                f"({', '.join(prof.get('streaming_threads', [])) or '-'}; other threads and "
+                f"waits left out) while the server streamed {prof.get('events_per_s', 0):,.0f} "
+                "events/s under py-spy; percentages are of those samples. Flame graph: "
+                f"`{Path(prof['svg']).name}`, raw stacks: `{Path(prof['raw']).name}`."
+            )
         lines += ["", "By function, highest self time first:", "",
                   "| function | self % | total % |", "|---|--:|--:|"]  # fmt: skip
         for entry in prof["top"]:

@@ -19,6 +19,12 @@ Then the comparisons that need better than the machine's minute-to-minute drift 
 every server up at once (``sidebyside.py``): D round-robin over all peers, and A and B
 alternated between ours with observability on and off.
 
+Then the fan-out workloads (``fanrun.py``, ``fanout.py``; issue 14): F1, N idle subscribers
+of one topic in one server process, the publisher inside it; F2, two server processes and a
+publisher in a third, through PostgreSQL or Redis. ``--workloads`` picks among ``single``
+(A-D above), ``F1`` and ``F2``; the run fails when ours does not deliver every event to
+every subscriber exactly once.
+
 Every loop is bounded in count and time; every server is stopped by its pid, also when a
 workload fails.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -43,9 +50,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fanout
+import fanrun
 import loadgen
 import report
 import sidebyside
+from fanpeers import F1_PEERS, F2_PEERS
+from loadgen import run_async
 from peers import APPS_DIR, PEERS, REFERENCE, Peer, Server, peer_named, pid_alive
 
 EXPECTED_EVENTS = 5
@@ -89,6 +100,14 @@ def main() -> int:
         peers = []
         if not args.profile:
             raise SystemExit("--profile-only needs --profile PEER[,PEER]")
+    workloads = set(args.workloads.split(","))
+    if "single" not in workloads:
+        peers = []
+    size_name = args.sizes or ("quick" if args.quick else "full")
+    fan_sizes = fanout.FAN_SIZES[size_name]
+    if args.fan_subscribers:
+        counts = tuple(int(n) for n in args.fan_subscribers.split(","))
+        fan_sizes = dataclasses.replace(fan_sizes, subscribers=counts)
     started = time.time()
     facts = report.machine_facts(server_cpu, client_cpu)
     with tempfile.TemporaryDirectory(prefix="flosse-bench-") as tmp:
@@ -102,6 +121,14 @@ def main() -> int:
             print("-- side by side (all servers at once)", flush=True)
             side = run_async(sidebyside.measure(measured, sizes, out / "logs", db, server_cpu))
         profiles = run_profiles(args.profile, out, db, server_cpu, args.profile_seconds)
+        fan: dict[str, Any] = {}
+        if workloads & {"F1", "F2"} and not args.profile_only:
+            fan = fanrun.run(fan_sizes, out, db, server_cpu, args.fan_peers, workloads)
+        if args.fan_profile:
+            fan_profile = fanrun.profile(
+                fan_sizes, out, db, server_cpu, args.fan_profile, args.profile_seconds
+            )
+            profiles[f"ours-memory F1 at {args.fan_profile:,} subscribers"] = fan_profile
 
     if args.profile_only:
         text = report.profiles_markdown(profiles, facts)
@@ -114,12 +141,13 @@ def main() -> int:
     data = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
-        "sizes": {"name": args.sizes or ("quick" if args.quick else "full"), **asdict(sizes)},
+        "sizes": {"name": size_name, **asdict(sizes)},
         "reference": REFERENCE,
         "machine": facts,
         "peers": results,
         "side_by_side": side,
         "profiles": profiles,
+        "fanout": fan,
         "identity_ok": all(
             r["identity"]["ok"] for r in results if r.get("status") == "ok" and "identity" in r
         ),
@@ -129,9 +157,15 @@ def main() -> int:
     print(report.markdown(data))
     print(f"wrote {out / 'latest.md'} and {out / 'latest.json'} in {data['seconds']} s")
     pids = [pid for r in results for pid in r.get("pids", [])] + side.get("pids", [])
+    pids += fan.get("pids", [])
     leftovers = [pid for pid in pids if pid_alive(pid)]
     if leftovers:
         print(f"error: server processes still running: {leftovers}", file=sys.stderr)
+        return 1
+    failed = fanrun.failures(fan)
+    if failed:
+        print("error: ours did not deliver every event exactly once:", file=sys.stderr)
+        print("\n".join(f"  {line}" for line in failed), file=sys.stderr)
         return 1
     return 0
 
@@ -155,6 +189,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--profile-only", action="store_true",
         help="only profile (--profile): write profile.md and leave latest.* alone",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workloads", default="single,F1,F2",
+        help="comma-separated: single (A-D), F1 (fan-out in one process), F2 (across processes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fan-peers", help="comma-separated fan-out peers (default: all): "
+        + ", ".join(p.name for p in F1_PEERS + F2_PEERS)
+    )  # fmt: skip
+    parser.add_argument(
+        "--fan-subscribers", metavar="N[,N]", help="F1's sizes instead of the default ones"
+    )
+    parser.add_argument(
+        "--fan-profile", type=int, default=0, metavar="N",
+        help="profile ours (memory backend, cProfile) during F1 at N subscribers",
     )  # fmt: skip
     parser.add_argument("--drain", nargs=3, metavar=("PORT", "PATH", "SECONDS"),
                         help=argparse.SUPPRESS)  # fmt: skip
@@ -180,23 +229,6 @@ def migrate(db: str) -> None:
         [sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
         cwd=APPS_DIR, env=env, check=True, timeout=120,
     )  # fmt: skip
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
-
-
-def run_async(coro: Awaitable[Any]) -> Any:
-    loop = new_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def run_peer(peer: Peer, sizes: Sizes, out: Path, db: str, cpu: int | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ by itself after ``--duration``.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import sys
@@ -57,10 +58,16 @@ def py_spy() -> str:
     return found
 
 
-async def record(pid: int, seconds: float, fmt: str, output: Path) -> None:
+async def record(
+    pid: int, seconds: float, fmt: str, output: Path, *, rate: int = 250, blocking: bool = True
+) -> None:
+    """py-spy on ``pid`` for ``seconds``; ``blocking=False`` reads the process without
+    pausing it (cheaper per sample: with thousands of connections, pausing made py-spy fall
+    behind its rate and overrun its duration)."""
     proc = await asyncio.create_subprocess_exec(
         py_spy(), "record", "--pid", str(pid), "--duration", str(int(seconds)),
-        "--rate", "250", "--threads", "--format", fmt, "--output", str(output),
+        "--rate", str(rate), "--threads", "--format", fmt, "--output", str(output),
+        *(() if blocking else ("--nonblocking",)),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -168,3 +175,73 @@ def _short(path: str) -> str:
                 path = "stdlib:" + path.split("/", 1)[-1]
             break
     return path
+
+
+async def profile_fanout(
+    peer: Peer, server: Server, out: Path, sizes: Any, subscribers: int, seconds: float
+) -> dict[str, Any]:
+    """cProfile inside ours' server (``/profile`` of ``apps/fan_ours.py``) while it publishes
+    one schedule to ``subscribers`` idle subscribers and delivers it (``seconds`` after the
+    last publish). py-spy is not used here: attached to a server holding 2,000 or more
+    connections it fell a second behind per sample on this machine, or did not attach."""
+    import pstats
+
+    import fanout
+    import loadgen
+
+    stats_path = out / f"profile-fanout-{peer.name}.pstats"
+    clients = fanout.Clients(max(1, -(-subscribers // fanout.PER_CLIENT)))
+    try:
+        await fanout.subscribe(clients, [server.port], subscribers, sizes.timeout)
+        count = await fanout.wait_registered([server], subscribers, sizes.timeout / 4)
+        if count < subscribers:
+            raise RuntimeError(f"only {count} of {subscribers} subscribers registered")
+        query = f"{sizes.query()}&out={stats_path}&linger={seconds}"
+        status, body = await loadgen.fetch(
+            server.port, f"/profile?{query}", sizes.timeout + seconds
+        )
+        if status != 200:
+            raise RuntimeError(f"/profile answered {status}: {body[:300]!r}")
+        tallies = await clients.ask(
+            [{"cmd": "collect", "events": sizes.events, "timeout": sizes.timeout}]
+            * len(clients.procs),
+            sizes.timeout + 30,
+        )
+        await clients.ask([{"cmd": "close"}] * len(clients.procs), 30)
+    finally:
+        clients.stop()
+    stats = pstats.Stats(str(stats_path))
+    found = summarize_pstats(stats)
+    found.update(
+        profiler="cProfile", pstats=str(stats_path), subscribers=subscribers,
+        gc=json.loads(body).get("gc"),
+        lost=sum(t["lost"] for t in tallies), duplicates=sum(t["duplicates"] for t in tallies),
+    )  # fmt: skip
+    return found
+
+
+def summarize_pstats(stats: Any, top: int = 25) -> dict[str, Any]:
+    """Self ("tottime") and inclusive ("cumtime") shares per function, of the total time."""
+    rows = stats.stats  # (file, line, function) -> (calls, primitive calls, tottime, cumtime, _)
+    total = sum(tottime for _, _, tottime, _, _ in rows.values()) or 1.0
+
+    def name(key: tuple[str, int, str]) -> str:
+        file, _line, func = key
+        return f"{func} ({_short(file)})" if file != "~" else func
+
+    def entry(key: tuple[str, int, str]) -> dict[str, Any]:
+        calls, _, tottime, cumtime, _ = rows[key]
+        return {"function": name(key), "calls": calls, "self": 100 * tottime / total,
+                "total": 100 * cumtime / total}  # fmt: skip
+
+    by_self = sorted(rows, key=lambda k: rows[k][2], reverse=True)[:top]
+    by_total = sorted(rows, key=lambda k: rows[k][3], reverse=True)[:top]
+    files: Counter[str] = Counter()
+    for key, (_, _, tottime, _, _) in rows.items():
+        files[_short(key[0]) if key[0] != "~" else "(builtins)"] += tottime
+    return {
+        "seconds": total,
+        "top": [entry(k) for k in by_self],
+        "top_total": [entry(k) for k in by_total],
+        "by_file": [{"file": f, "self": 100 * t / total} for f, t in files.most_common(top)],
+    }

@@ -73,3 +73,43 @@ def test_quick_run_writes_table_and_json_and_stops_every_server(tmp_path: Path) 
     assert "A: `ours-async-uvicorn` ≥ 3x `django-async-uvicorn`" in table
     assert data["machine"]["python"]
     assert not [pid for row in rows.values() for pid in row["pids"] if pid_alive(pid)]
+
+
+FAN_PEERS = ("raw-asgi", "django-queue", "ours-memory", "ours-redis")
+
+
+@pytest.mark.timeout(150)
+def test_fanout_run_delivers_every_event_once_and_stops_every_process(tmp_path: Path) -> None:
+    """F1 (one process) and F2 (two servers, Redis, a publisher process), tiny sizes."""
+    pytest.importorskip("redis", reason="F2 of ours needs redis-py (pip install .[redis])")
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--sizes", "tiny",
+         "--workloads", "F1,F2", "--fan-peers", ",".join(FAN_PEERS), "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    fan = json.loads((tmp_path / "latest.json").read_text())["fanout"]
+    table = (tmp_path / "latest.md").read_text()
+    sizes = fan["sizes"]
+    f1 = {row["peer"]: row for row in fan["F1"]}
+    assert set(f1) == {"raw-asgi", "django-queue", "ours-memory"}
+    for name, row in f1.items():
+        assert row["status"] == "ok", (name, row)
+        for n in sizes["subscribers"]:
+            measured = row["sizes"][str(n)]
+            assert "error" not in measured, (name, measured)
+            assert measured["exactly_once"], (name, n, measured["lost"], measured["duplicates"])
+            assert measured["received"] == n * (sizes["spaced"] + sizes["burst"])
+            assert measured["deliveries_per_s"] > 0
+            assert measured["spaced_p50_ms"] > 0
+            assert f"| `{name}` | {n:,} |" in table
+
+    if fan.get("F2_skipped"):  # no redis-server or PostgreSQL binaries here
+        assert fan["F2_skipped"] in table
+    else:
+        (f2,) = fan["F2"]
+        assert f2["peer"] == "ours-redis" and f2["result"]["exactly_once"], f2
+        assert f2["result"]["received"] == sizes["across"] * (sizes["spaced"] + sizes["burst"])
+    assert "### Goals of issue 14" in table
+    assert fan["pids"] and not [pid for pid in fan["pids"] if pid_alive(pid)]

@@ -40,6 +40,7 @@ __all__ = [
     "arelease_before_streaming",
     "arelease_while_idle",
     "async_views_release",
+    "opened_for_this_request",
     "release_connections",
 ]
 
@@ -91,8 +92,11 @@ def opened_for_this_request() -> bool:
     thread (the loop's own thread never holds one the request's thread could close), that
     are still open.
     """
+    opened = _opened.get()
+    if not opened:  # the common case, checked before every wait of a stream: no work
+        return False
     loop_thread = threading.get_ident()
-    return any(thread != loop_thread and _is_open(ref) for thread, ref in _opened.get())
+    return any(thread != loop_thread and _is_open(ref) for thread, ref in opened)
 
 
 async def arelease_before_streaming() -> None:

@@ -41,7 +41,12 @@ from ..observing.registry import Connection, Registry, registry
 from . import shutdown
 from ._bridge import ThreadedSource
 from ._clients import attach_to_request, connection_for
-from ._db import IDLE_STEP_SECONDS, arelease_while_idle, async_views_release
+from ._db import (
+    IDLE_STEP_SECONDS,
+    arelease_while_idle,
+    async_views_release,
+    opened_for_this_request,
+)
 from ._frames import error_frame, final_frame
 from ._pacing import (
     MIN_CHUNK_BYTES,
@@ -176,8 +181,8 @@ class Stream:
             limit = loop.call_later(duration, conn.request_stop, reasons.TIMEOUT)
         sends = None if self._send_timeout is None else watch_sends(self, self._send_timeout)
         # Once the producer has waited IDLE_STEP_SECONDS for its next item (a poll loop's
-        # sleep), release the database connections its async ORM calls opened: one check
-        # per long wait, a thread hop only if one is open (see _db.py).
+        # sleep), release the database connections its async ORM calls opened: a timer per
+        # wait only while one of them is open, a thread hop when it fires (see _db.py).
         # On a private loop (WSGI) the producer's ORM calls go to asgiref's one shared
         # thread, which refuses a second call while one of the producer's is in flight
         # ("would deadlock"): there the release waits until the producer is at a yield,
@@ -204,7 +209,13 @@ class Stream:
                         if waiting_since is None:
                             waiting_since = now
                         wake_at = None if heartbeat is None else last_sent + heartbeat
-                        release_at = waiting_since + IDLE_STEP_SECONDS if release_pending else None
+                        # A timer only when there is a connection to release: thousands of
+                        # idle subscribers would otherwise each wake once more per event.
+                        release_at = (
+                            waiting_since + IDLE_STEP_SECONDS
+                            if release_pending and opened_for_this_request()
+                            else None
+                        )
                         if release_at is not None and (wake_at is None or release_at < wake_at):
                             wake_at = release_at
                         timeout = None if wake_at is None else wake_at - now
