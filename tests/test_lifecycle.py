@@ -311,6 +311,7 @@ async def test_a_failure_of_the_stream_while_the_producer_awaits_cancels_that_aw
         raise RuntimeError("the release failed")
 
     monkeypatch.setattr(_lifecycle, "arelease_while_idle", refused)
+    monkeypatch.setattr(_lifecycle, "opened_for_this_request", lambda: True)  # one to release
     log: list[str] = []
 
     async def waits() -> AsyncIterator[str]:
