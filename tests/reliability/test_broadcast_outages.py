@@ -53,6 +53,13 @@ from tests.support.redis import RedisServer, own_redis_server
 from tests.support.servers import LiveServer
 from tests.support.wire import get_json
 
+try:
+    import redis as _redis_py
+
+    REDIS_PY_VERSION = tuple(int(p) for p in _redis_py.__version__.split(".")[:2])
+except ImportError:  # the Redis scenario is skipped then
+    REDIS_PY_VERSION = (0, 0)
+
 pytestmark = [
     pytest.mark.server,
     pytest.mark.slow,
@@ -354,9 +361,15 @@ async def test_redis_killed_and_restarted_empty_resets_once_and_hangs_nothing(
     }
     assert all("could not publish to Redis" in e for _, e, _ in publisher.failures)
 
+    # redis-py before 8.2 (the newest on Python 3.10) may hand the first command after the
+    # restart to a pooled connection of the dead server (see test_broadcast_redis.py): a
+    # subscriber rejoining at that moment is closed once more and its client reconnects
+    # with its last id. Still one reset, nothing lost, nothing twice (checked below).
+    reconnects = 2 if REDIS_PY_VERSION < (8, 2) else 1
     duplicates = 0
     for f in scenario.followers:
-        assert len(f.resets) == 1 and f.connections == 2, (f.path, f.resets, f.errors)
+        assert len(f.resets) == 1, (f.path, f.resets, f.errors)
+        assert 2 <= f.connections <= 1 + reconnects, (f.path, f.connections, f.errors)
         before, after = f.received[: f.resets[0]], f.received[f.resets[0] :]
         assert after, (f.path, "no live event after the reset")
         for topic in f.topics:
