@@ -147,6 +147,10 @@ class Phase:
         # 1. kill B: its subscribers resume on A.
         on_b = [f for f in self.followers if f.port == self.b.port]
         process = f"{socket.gethostname()}:{self.b.pid}"
+        # The history writer inserts rows in batches: wait until B's connections have theirs,
+        # or a connection opened just before the kill would have no row to close as lost.
+        if await until(lambda: self.rows(process) == {None: len(on_b)}) is None:
+            figures.fail(f"worker B's open rows before the kill: {self.rows(process)}")
         marks = {f: (f.connections, f.events) for f in on_b}
         killed = time.monotonic()
         self.b.send_signal(signal.SIGKILL)
