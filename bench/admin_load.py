@@ -33,6 +33,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests.support.admin_login import log_in  # noqa: E402
+
 FEED = "/admin/django_flosse/streamconnection/dashboard/stream/"
 CHANGELIST = "/admin/django_flosse/streamconnection/"
 WINDOW = 600
@@ -162,20 +164,6 @@ class Viewer(threading.Thread):
             self.client.close()
 
 
-def _log_in(client: Any) -> None:
-    client.get("/admin/login/")
-    response = client.post(
-        "/admin/login/",
-        data={
-            "username": "admin",
-            "password": "pw",
-            "next": "/admin/",
-            "csrfmiddlewaretoken": client.cookies["csrftoken"],
-        },
-    )
-    assert response.status_code == 302, response.text[:300]
-
-
 def measure(rows: int, max_viewers: int, window: float) -> dict[str, Any]:
     import httpx
 
@@ -186,7 +174,7 @@ def measure(rows: int, max_viewers: int, window: float) -> dict[str, Any]:
         LiveServer("uvicorn", loop="asyncio") as server,
         httpx.Client(base_url=server.url, timeout=60.0) as client,
     ):
-        _log_in(client)
+        log_in(client)
         times = []
         for _ in range(5):
             started = time.perf_counter()

@@ -23,6 +23,7 @@ from django_flosse.observing import _dashboard as dashboard
 from django_flosse.observing._activity import bucket_of
 from django_flosse.observing.registry import Connection, current_process, registry
 from django_flosse.testing import collect_events
+from tests.support.admin_login import log_in
 
 PAGE = "admin:django_flosse_dashboard"
 FEED = "admin:django_flosse_dashboard_stream"
@@ -384,20 +385,6 @@ def test_the_feed_view_frame_is_bounded(admin_client: Client) -> None:
 
 
 # ----------------------------------------------------------------------------- real servers
-def _log_in(client: httpx.Client) -> None:
-    client.get("/admin/login/")
-    response = client.post(
-        "/admin/login/",
-        data={
-            "username": "admin",
-            "password": "pw",
-            "next": "/admin/",
-            "csrfmiddlewaretoken": client.cookies["csrftoken"],
-        },
-    )
-    assert response.status_code == 302, response.text[:500]
-
-
 def _next_event(lines: Iterator[str]) -> tuple[str, Any]:
     name, data = "message", ""
     for line in lines:
@@ -421,7 +408,7 @@ def test_feed_on_a_real_server(kind: str, live_server_factory: Any) -> None:
         httpx.Client(base_url=server.url, timeout=5.0) as admin,
         httpx.Client(base_url=server.url, timeout=5.0) as other,
     ):
-        _log_in(admin)
+        log_in(admin)
         with admin.stream("GET", reverse(FEED)) as feed:
             lines = feed.iter_lines()
             name, snapshot = _next_event(lines)

@@ -26,6 +26,7 @@ from django.utils import timezone
 from django_flosse.models import StreamConnection
 from django_flosse.observing import _dashboard as dashboard
 from django_flosse.observing.registry import Connection, current_process, registry
+from tests.support.admin_login import log_in
 from tests.support.wire import get_json
 
 FEED = "admin:django_flosse_dashboard_stream"
@@ -92,20 +93,6 @@ def test_viewers_of_a_process_share_one_computation(monkeypatch: pytest.MonkeyPa
 
 
 # ----------------------------------------------------------------------------- a real server
-def _log_in(client: httpx.Client) -> None:
-    client.get("/admin/login/")
-    response = client.post(
-        "/admin/login/",
-        data={
-            "username": "admin",
-            "password": "pw",
-            "next": "/admin/",
-            "csrfmiddlewaretoken": client.cookies["csrftoken"],
-        },
-    )
-    assert response.status_code == 302, response.text[:500]
-
-
 class _Viewer(threading.Thread):
     """A dashboard feed read in a thread: its frames, until ``stop``."""
 
@@ -154,7 +141,7 @@ def test_a_flood_of_short_connections_costs_the_feed_little(
     itself) stays a small part of what the server spent in the same time."""
     server = live_server_factory("uvicorn")
     with httpx.Client(base_url=server.url, timeout=30.0) as admin:
-        _log_in(admin)
+        log_in(admin)
         viewer = _Viewer(admin)
         viewer.start()
         assert viewer.snapshot.wait(30) and viewer.error is None, viewer.error
