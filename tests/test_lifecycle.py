@@ -17,7 +17,7 @@ from django_flosse.events import KEEPALIVE, encode_event
 from django_flosse.observing.registry import Connection, Registry
 from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.streaming._lifecycle import MAX_CHUNK_BYTES, Stream
-from django_flosse.streaming._pacing import MIN_CHUNK_BYTES
+from django_flosse.streaming._pacing import MIN_CHUNK_BYTES, SHARE_LOOP_SECONDS, SHARE_MIN_CHUNKS
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +131,50 @@ async def test_a_flooding_stream_shares_the_loop_while_others_have_work() -> Non
     assert max(alone) >= full
     assert shared and max(shared) < MIN_CHUNK_BYTES + event_size
     assert max(flood_chunks_per_turn) <= 1
+
+
+async def test_a_pause_of_the_whole_process_does_not_end_the_sharing() -> None:
+    """The host may pause the process for longer than ``SHARE_LOOP_SECONDS`` while the flood
+    makes a chunk (a blocking call stands in for it here). By the clock the loop then looks
+    quiet for that long, but no turn showed it quiet: the flood must go on sharing, not send
+    full chunks in the middle of another task's work (it did: the test above, under load)."""
+    event_size = len(encode(10**6))
+    pause_now = False
+    paused_in: int | None = None  # chunks received when the pause happened
+    chunks: list[int] = []
+
+    async def flood() -> AsyncIterator[int]:
+        nonlocal pause_now, paused_in
+        for i in range(10**6):
+            if pause_now:
+                pause_now, paused_in = False, len(chunks)
+                time.sleep(3 * SHARE_LOOP_SECONDS)  # the whole process stops
+            yield i
+
+    async def read_flood() -> None:
+        frames = make_stream(flood()).frames()
+        async for chunk in frames:
+            chunks.append(len(chunk))
+            if paused_in is not None and len(chunks) > paused_in + SHARE_MIN_CHUNKS + 1:
+                break
+        await frames.aclose()
+
+    reader = asyncio.create_task(read_flood())
+    deadline = time.monotonic() + 10
+    while not (chunks and chunks[-1] >= MAX_CHUNK_BYTES - event_size):
+        assert time.monotonic() < deadline, "the flood never sent a full chunk alone"
+        await asyncio.sleep(0)
+    busy_until = time.perf_counter() + 0.0005
+    while time.perf_counter() < busy_until:  # another task's work: the flood now shares
+        pass
+    pause_now = True
+    await asyncio.wait_for(reader, 10)  # the reader's turns are quiet ones from here
+
+    assert paused_in is not None
+    # The chunk that was paused in, and the next ones: all small.
+    after_pause = chunks[paused_in : paused_in + SHARE_MIN_CHUNKS]
+    assert len(after_pause) == SHARE_MIN_CHUNKS
+    assert max(after_pause) < MIN_CHUNK_BYTES + event_size, chunks
 
 
 async def test_heartbeats_when_idle_never_cancel_the_pending_step() -> None:

@@ -51,6 +51,7 @@ from ._frames import error_frame, final_frame
 from ._pacing import (
     MIN_CHUNK_BYTES,
     SHARE_LOOP_SECONDS,
+    SHARE_MIN_CHUNKS,
     cancel_requested,
     first_of,
     set_done,
@@ -196,6 +197,7 @@ class Stream:
         shutdown.ensure_installed()
         cap = MAX_CHUNK_BYTES
         busy_at = -SHARE_LOOP_SECONDS  # when a turn of the loop last showed other work
+        quiet_chunks = SHARE_MIN_CHUNKS  # chunks sent since then
         # Anything the view logs while it streams carries the connection id and stream.
         bound = structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
         try:
@@ -284,8 +286,18 @@ class Stream:
                 if not step.blocked():
                     # More is ready (the chunk was full) or the producer asked for a loop
                     # turn: let other connections run before the next chunk.
-                    busy_at = await yield_to_loop(busy_at, time.monotonic() - began)
-                    shared = time.monotonic() - busy_at < SHARE_LOOP_SECONDS
+                    took = time.monotonic() - began
+                    seen = await yield_to_loop(busy_at, took)
+                    # By the clock alone, a pause of the whole process while it made the
+                    # chunk (the host busy with other work) looks like a quiet loop: such a
+                    # chunk proves nothing, and sharing lasts a few chunks more.
+                    paused = took >= SHARE_LOOP_SECONDS
+                    quiet_chunks = 0 if seen != busy_at or paused else quiet_chunks + 1
+                    busy_at = seen
+                    shared = (
+                        quiet_chunks < SHARE_MIN_CHUNKS
+                        or time.monotonic() - busy_at < SHARE_LOOP_SECONDS
+                    )
                     cap = MIN_CHUNK_BYTES if shared else MAX_CHUNK_BYTES
             if stop.done():  # asked to stop: terminated, shutdown or timeout
                 reason = conn.stop_reason or reasons.TERMINATED

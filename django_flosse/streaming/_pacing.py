@@ -12,8 +12,8 @@ import functools
 import time
 from typing import Any
 
-__all__ = ["MIN_CHUNK_BYTES", "SHARE_LOOP_SECONDS", "cancel_requested", "first_of", "set_done",
-           "yield_to_loop"]  # fmt: skip
+__all__ = ["MIN_CHUNK_BYTES", "SHARE_LOOP_SECONDS", "SHARE_MIN_CHUNKS", "cancel_requested",
+           "first_of", "set_done", "yield_to_loop"]  # fmt: skip
 
 #: The chunk cap while the event loop has other work (see ``_yield_to_loop``).
 MIN_CHUNK_BYTES = 1024
@@ -23,6 +23,10 @@ BUSY_TURN_SECONDS = 0.0001
 SHARE_LOOP_SECONDS = 0.02
 #: At most this many extra turns per chunk while sharing (see ``_yield_to_loop``).
 SHARE_TURNS = 8
+#: A flooding stream shares the loop for at least this many chunks after a turn that showed
+#: other work or a chunk that took ``SHARE_LOOP_SECONDS`` to make: a process paused by the
+#: host while it made a chunk has not seen the loop quiet for that long.
+SHARE_MIN_CHUNKS = 4
 
 
 def set_done(fut: asyncio.Future[None]) -> None:
