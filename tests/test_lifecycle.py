@@ -15,6 +15,7 @@ import pytest
 from django_flosse import reasons
 from django_flosse.events import KEEPALIVE, encode_event
 from django_flosse.observing.registry import Connection, Registry
+from django_flosse.streaming import _lifecycle, _pacing
 from django_flosse.streaming._frames import ERROR_MESSAGE
 from django_flosse.streaming._lifecycle import MAX_CHUNK_BYTES, Stream
 from django_flosse.streaming._pacing import MIN_CHUNK_BYTES, SHARE_LOOP_SECONDS, SHARE_MIN_CHUNKS
@@ -84,10 +85,34 @@ async def test_a_chunk_never_exceeds_the_limit_by_more_than_one_event() -> None:
     assert b"".join(chunks) == encode("x" * 1000) * 300
 
 
-async def test_a_flooding_stream_shares_the_loop_while_others_have_work() -> None:
+class _VirtualClock:
+    """``time`` for the stream's pacing, with a ``monotonic()`` that moves only when told.
+
+    Sharing the loop is decided by the clock: how long a turn of the loop took, how long
+    since one showed other work. On a real clock a test of it fails whenever the host
+    pauses the process (the suite under load did, one run in ten); on this one the test
+    says exactly how long each turn and each chunk took."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+async def test_a_flooding_stream_shares_the_loop_while_others_have_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A flood takes full chunks alone, small ones while another task needs the loop (also
-    in the quiet turns between that task's steps), and never more than one chunk per turn
-    of that task (a new request's dozens of turns)."""
+    in the quiet turns between that task's steps), never more than one chunk per turn of
+    that task (a new request's dozens of turns), and full ones again once the loop has been
+    quiet for ``SHARE_LOOP_SECONDS``."""
+    clock = _VirtualClock()
+    monkeypatch.setattr(_lifecycle, "time", clock)
+    monkeypatch.setattr(_pacing, "time", clock)
     event_size = len(encode(10**6))
     phase = "alone"
     chunks: list[tuple[str, int]] = []
@@ -97,40 +122,44 @@ async def test_a_flooding_stream_shares_the_loop_while_others_have_work() -> Non
             yield i
 
     async def read_flood() -> None:
-        stream = make_stream(flood())
-        frames = stream.frames()
+        frames = make_stream(flood()).frames()
         async for chunk in frames:
             chunks.append((phase, len(chunk)))
+            clock.now += 0.0001  # making and sending a chunk: 0.1 ms
             if phase == "done":
                 break
         await frames.aclose()
 
-    def spin(seconds: float) -> None:  # CPU work, as a request's middleware does
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            pass
+    async def quiet_turns(seconds: float) -> None:
+        """Turns in which this task does nothing (it waits on its thread, say) while the
+        flood's chunks take the time."""
+        until = clock.now + seconds
+        while clock.now < until:
+            await asyncio.sleep(0)
 
     reader = asyncio.create_task(read_flood())
-    deadline = time.monotonic() + 10
     full = MAX_CHUNK_BYTES - event_size
-    while not (chunks and chunks[-1][1] >= full) and time.monotonic() < deadline:
-        await asyncio.sleep(0)  # alone: chunks are full size (soon after the first turns)
+    await quiet_turns(0.001)  # alone
     phase = "request"
     flood_chunks_per_turn = []
     for _ in range(20):  # another task: a little work, then a wait (a hop to its thread)
         before = len(chunks)
-        spin(0.0005)
+        clock.now += 0.0005  # this turn takes 0.5 ms: the flood's turn sees it
         await asyncio.sleep(0)
         flood_chunks_per_turn.append(len(chunks) - before)
-        await asyncio.sleep(0.002)  # the flood's turns meanwhile are quiet ones
+        await quiet_turns(0.002)
+    phase = "after"
+    await quiet_turns(SHARE_LOOP_SECONDS + 0.005)  # the request has its first event
     phase = "done"
     await asyncio.wait_for(reader, 10)
 
     alone = [size for p, size in chunks if p == "alone"]
     shared = [size for p, size in chunks if p == "request"][1:]  # the first was under way
+    after = [size for p, size in chunks if p == "after"]
     assert max(alone) >= full
-    assert shared and max(shared) < MIN_CHUNK_BYTES + event_size
+    assert len(shared) >= 20 * 10 and max(shared) < MIN_CHUNK_BYTES + event_size
     assert max(flood_chunks_per_turn) <= 1
+    assert after[0] < MIN_CHUNK_BYTES + event_size and after[-1] >= full
 
 
 async def test_a_pause_of_the_whole_process_does_not_end_the_sharing() -> None:
