@@ -293,6 +293,9 @@ def test_a_reconnect_storm_shares_history_reads_serves_everyone_and_returns_memo
         f"{storm_first * 1000:.1f} ms (x{storm_first / idle_first:.2f}); at the client: idle "
         f"{client_idle * 1000:.1f} ms, storm {client_storm * 1000:.1f} ms"
     )
+    for name, report_of in (("idle", idle_report), ("storm", report)):
+        for probe, steps in sorted(report_of["steps"].items()):
+            figure(f"{name} {probe}: " + ", ".join(f"{what} {ms:.1f}" for what, ms in steps))
     assert reads <= READS_PER_KEY * keys, (reads, report["queries"])
     # Not starved: every probe's first event came while the storm was still being served.
     storm_end = max(c.done_at for c in clients)

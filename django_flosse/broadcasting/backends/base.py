@@ -150,6 +150,11 @@ class Subscriber:
         self.overflowed = False
         self.closed = False
         self.loop = loop
+        #: Per topic, the position the client has already received up to (from its id, or
+        #: what it was sent before it fell behind); ``None``: it starts at the cut. A join
+        #: may take its cut at once, on the calling thread, when that cut is at or past it
+        #: (see ``DatabaseBackend.join``).
+        self.resumes_at: dict[str, Any] | None = None
         self.waiter: asyncio.Future[None] | None = None  # an async subscriber waiting
         self.ready = threading.Event() if loop is None else None  # a thread waiting
 
