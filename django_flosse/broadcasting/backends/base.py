@@ -3,11 +3,12 @@
 A backend stores each published event in its topic's history (an existing engine: the
 project's database, Redis Streams, or this process's memory) and hands every new event to
 the subscribers of this process. It does so from one place at a time: its reader thread
-(database, Redis) or under one lock (memory). That is what makes :meth:`Backend.join`
-exact: a subscriber joins between two deliveries, so it receives live every event after
-the positions ``join`` returns and none before them; what it missed before (a resume) it
-reads from the history up to those positions. Nothing is lost and nothing comes twice,
-without comparing events.
+(database, Redis), which changes the fan-out under a lock that a join needing nothing from
+the engine takes on its caller's thread, or under one lock (memory). That is what makes
+:meth:`Backend.join` exact: a subscriber joins between two deliveries, so it receives
+live every event after the positions ``join`` returns and none before them; what it missed
+before (a resume) it reads from the history up to those positions. Nothing is lost and
+nothing comes twice, without comparing events.
 
 :class:`Fanout` is the delivery: per event it appends one reference to each subscriber's
 bounded queue; per batch it wakes each waiting subscriber once (one call into each event
