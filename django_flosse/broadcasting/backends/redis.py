@@ -245,7 +245,7 @@ class RedisBackend(Backend):
 
         Why: through the loop thread a join is a hop there and a hop back to the caller's
         event loop, and while that loop sends a reconnect storm's replays the hop back took
-        about 10 ms (a new client's first event 10-20 times later than on an idle server).
+        about 10 ms (a new client's first event 10 to 37 times later than on an idle server).
         The lock is only tried: while the reader holds it (delivering a batch), the join
         goes through the loop thread instead of stalling the caller's loop.
         """
