@@ -30,7 +30,7 @@ from django_flosse.broadcasting.backends.redis import EPOCH_KEY, RedisBackend, _
 from tests.support.observe import wait_until
 from tests.support.redis import RedisServer, own_redis_server
 from tests.support.redis import redis_server_fixture as redis_server_fixture  # the fixture
-from tests.support.subscribing import Reader
+from tests.support.subscribing import Reader, resume_while_publishing
 
 WAIT = 15.0  # seconds any expected event may take on a loaded machine (never reached)
 
@@ -184,6 +184,38 @@ async def test_a_new_topic_is_read_at_once(
     assert datas(await second) == ["x"]
     await abroadcast("old", "y")
     assert datas(await first) == ["y"]
+
+
+def test_a_join_of_a_followed_topic_is_answered_at_once(redis: RedisServer) -> None:
+    """The reader follows the topic already: the join takes its cut on the calling thread
+    (no trip through the loop thread; a reconnect storm's busy event loop made the way back
+    cost about 10 ms). A new topic's join asks Redis, on the loop thread."""
+    watcher = Reader(subscribe(request(), "followed"), until=1)
+    joined("followed")
+    b = backend()
+    follower, newcomer = Subscriber(("followed",), 100, None), Subscriber(("fresh",), 100, None)
+    at_once = b.join(follower)
+    assert at_once.done()
+    assert b.join(newcomer).result(WAIT) == {"fresh": (0, 0)}
+    broadcast("followed", "x")
+    assert datas(watcher.result()) == ["x"]  # delivered to both in one batch
+    assert [m.topic for m in follower.queue] == ["followed"]
+    for subscriber in (follower, newcomer):
+        subscriber.close()
+        b.leave(subscriber)
+
+
+def test_joins_at_once_while_the_reader_delivers_miss_and_repeat_nothing(
+    redis: RedisServer,
+) -> None:
+    """Subscribers resuming while a publisher runs take their cut at once (or on the loop
+    thread while the reader holds the fan-out): each gets every event after its id, once."""
+    watcher = Reader(subscribe(request(), "busy2"))
+    joined("busy2")
+    for i in range(10):
+        broadcast("busy2", f"e{i}")
+    resume_while_publishing("busy2", [event.id for event in watcher.wait_for(10)], total=150)
+    watcher.stop()
 
 
 def test_joins_past_the_pool_size_neither_leak_nor_exhaust_it(redis: RedisServer) -> None:

@@ -212,17 +212,19 @@ class Subscription:
         Yields futures (answered with their results) and ``None`` to let ready events go."""
         backend, subscriber = self._backend, self._subscriber
         assert subscriber is not None
-        cut: dict[str, Any] = yield backend.join(subscriber)
-        if self._positions is None:  # the first join: where does the client stand?
-            if not self._last_id:
-                self._positions = dict(cut)
-                return
-            start = self._ids.parse(self._last_id)
-            if start is None:
-                self._reset(cut, "unknown id")
-                return
+        if self._positions is None:  # where does the client stand? None: at the cut (no id)
+            start = self._ids.parse(self._last_id) if self._last_id else None
         else:  # joined again after falling behind
             start = self._positions
+        # Said to the join: it can then take its cut at once when that is not behind it.
+        subscriber.resumes_at = dict(start) if start is not None else None
+        cut: dict[str, Any] = yield backend.join(subscriber)
+        if start is None:
+            if self._last_id:  # an id the history cannot place
+                self._reset(cut, "unknown id")
+            else:
+                self._positions = dict(cut)
+            return
         ahead = [topic for topic in self.topics if start[topic] > cut[topic]]
         if ahead:
             # Another process may have sent events this one's reader has not delivered yet

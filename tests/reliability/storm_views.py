@@ -5,6 +5,10 @@
   first event (the server's first-event time for a new client: the join, the history read
   and the first send, without the client's own delays). With ``?latency=1`` every event's
   data carries the publish time, and the view records publish-to-yield lags.
+  Probes also record the time of each step inside the subscription (``STEPS``): the join
+  asked and answered, each history read asked and answered (by the backend's thread, or at
+  once from the kept pages), then the first event; a gap between an answer and the next
+  ask is the hop back to the view's event loop.
 - ``storm_report``: JSON of those figures, of the SQL the broadcast reader thread ran
   (counted by an execute wrapper that Django's ``connection_created`` signal puts on every
   connection of this process) and of the history pages the backend keeps for resumes;
@@ -30,6 +34,7 @@ from django_flosse.broadcasting.backends import get_backend
 
 _lock = threading.Lock()
 FIRST_EVENT: dict[str, float] = {}
+STEPS: dict[str, list[tuple[str, float]]] = {}
 LAGS: list[float] = []
 QUERIES: Counter[str] = Counter()
 _TABLE = re.compile(r'(?:FROM|INTO|UPDATE)\s+"?(\w+)"?', re.IGNORECASE)
@@ -54,14 +59,44 @@ def _wrap(sender: Any, connection: Any, **kwargs: Any) -> None:
 connection_created.connect(_wrap, dispatch_uid="flosse-storm-query-count")
 
 
+class _Stepping:
+    """A subscription's backend that records when its join and reads are asked and
+    answered (milliseconds since the view started)."""
+
+    def __init__(self, backend: Any, started: float, steps: list[tuple[str, float]]) -> None:
+        self._backend, self._started, self._steps = backend, started, steps
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def _mark(self, what: str) -> None:
+        self._steps.append((what, (time.monotonic() - self._started) * 1000))
+
+    def _timed(self, what: str, future: Any) -> Any:
+        self._mark(f"{what}?")
+        future.add_done_callback(lambda _future: self._mark(f"{what}!"))
+        return future
+
+    def join(self, subscriber: Any) -> Any:
+        return self._timed("join", self._backend.join(subscriber))
+
+    def read(self, topic: str, after: Any, upto: Any) -> Any:
+        return self._timed("read", self._backend.read(topic, after, upto))
+
+
 @sse_stream(name="storm.feed", heartbeat=5.0)
 async def storm_feed(request: HttpRequest, topic: str) -> AsyncIterator[Any]:
     started = time.monotonic()
     probe = request.GET.get("probe")
     latency = bool(request.GET.get("latency"))
-    async for event in subscribe(request, topic):
+    subscription = subscribe(request, topic)
+    if probe is not None:
+        steps = STEPS[probe] = []
+        subscription._backend = _Stepping(subscription._backend, started, steps)  # type: ignore[assignment]
+    async for event in subscription:
         if probe is not None:
             FIRST_EVENT[probe] = time.monotonic() - started
+            steps.append(("first", FIRST_EVENT[probe] * 1000))
             probe = None
         if latency and len(LAGS) < MAX_LAGS:
             stamp = event.data.rpartition(" ")[2]
@@ -75,6 +110,7 @@ def storm_report(request: HttpRequest) -> JsonResponse:
         report = {
             "pid": os.getpid(),
             "first_event": dict(FIRST_EVENT),
+            "steps": dict(STEPS),
             "queries": dict(QUERIES),
             "lags": len(LAGS),
         }
@@ -82,6 +118,7 @@ def storm_report(request: HttpRequest) -> JsonResponse:
             report["lag_values"] = list(LAGS)
         if request.GET.get("reset"):
             FIRST_EVENT.clear()
+            STEPS.clear()
             QUERIES.clear()
             LAGS.clear()
     kept = getattr(get_backend(), "_kept", None)

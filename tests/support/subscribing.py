@@ -1,4 +1,5 @@
-"""In-process subscribers for the broadcast tests: requests, a subscriber thread, frames.
+"""In-process subscribers for the broadcast tests: requests, a subscriber thread, frames,
+resumes racing a publisher.
 
 A sync ``def`` view iterates its subscription in a thread of its own (the stream's bridge
 runs it there); :class:`Reader` does the same in a test, keeping what arrives for the test
@@ -15,9 +16,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from django.db import connections
 from django.http import HttpRequest
 from django.test import RequestFactory
 
+from django_flosse import broadcast
 from django_flosse.broadcasting import RESET_EVENT, Subscription, subscribe
 from django_flosse.broadcasting.backends import get_backend
 from django_flosse.events import EncodedEvent
@@ -201,3 +204,27 @@ def fields_of(event: EncodedEvent) -> dict[str, str]:
     assert set(names) <= {"id", "event", "data"} and names.count("event") <= 1, names
     one = parsed(event)
     return {"id": one.id, "event": one.event, "data": one.data}
+
+
+def resume_while_publishing(topic: str, ids: list[str], total: int) -> None:
+    """While a thread broadcasts ``e<len(ids)>`` to ``e<total - 1>`` to ``topic``, two
+    subscribers resume from each of ``ids`` (the ids of ``e0``, ``e1``...): each must get
+    every event after its id, once, in order (joins racing the reader's deliveries)."""
+
+    def publish() -> None:
+        try:
+            for i in range(len(ids), total):
+                broadcast(topic, f"e{i}")
+        finally:
+            connections.close_all()  # this thread's own
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    seen = [k % len(ids) for k in range(2 * len(ids))]  # each client saw up to e<seen>
+    resumed = [Reader(subscribe(request(ids[n]), topic)) for n in seen]
+    publisher.join(WAIT)
+    for n, collector in zip(seen, resumed, strict=True):
+        collector.wait_for(total - n - 1)
+        collector.stop()
+    for n, collector in zip(seen, resumed, strict=True):
+        assert datas(collector.events) == [f"e{i}" for i in range(n + 1, total)], n

@@ -3,11 +3,12 @@
 A backend stores each published event in its topic's history (an existing engine: the
 project's database, Redis Streams, or this process's memory) and hands every new event to
 the subscribers of this process. It does so from one place at a time: its reader thread
-(database, Redis) or under one lock (memory). That is what makes :meth:`Backend.join`
-exact: a subscriber joins between two deliveries, so it receives live every event after
-the positions ``join`` returns and none before them; what it missed before (a resume) it
-reads from the history up to those positions. Nothing is lost and nothing comes twice,
-without comparing events.
+(database, Redis), which changes the fan-out under a lock that a join needing nothing from
+the engine takes on its caller's thread, or under one lock (memory). That is what makes
+:meth:`Backend.join` exact: a subscriber joins between two deliveries, so it receives
+live every event after the positions ``join`` returns and none before them; what it missed
+before (a resume) it reads from the history up to those positions. Nothing is lost and
+nothing comes twice, without comparing events.
 
 :class:`Fanout` is the delivery: per event it appends one reference to each subscriber's
 bounded queue; per batch it wakes each waiting subscriber once (one call into each event
@@ -150,6 +151,11 @@ class Subscriber:
         self.overflowed = False
         self.closed = False
         self.loop = loop
+        #: Per topic, the position the client has already received up to (from its id, or
+        #: what it was sent before it fell behind); ``None``: it starts at the cut. A join
+        #: may take its cut at once, on the calling thread, when that cut is at or past it
+        #: (see ``DatabaseBackend.join``).
+        self.resumes_at: dict[str, Any] | None = None
         self.waiter: asyncio.Future[None] | None = None  # an async subscriber waiting
         self.ready = threading.Event() if loop is None else None  # a thread waiting
 
