@@ -36,6 +36,7 @@ import signal
 import socket
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -247,16 +248,32 @@ class Phase:
         """``stop()`` the engine, wait until the publisher has failed and every stream has
         had a heartbeat since (it stays open), ``start()`` it again; the moment it was back."""
         refused = len(self.publisher.failures)
+        marks = {f: (len(f.ends), f.error_events) for f in self.followers}
         went = time.monotonic()
         await asyncio.to_thread(stop)
-        beating = await until(
-            lambda: (
-                len(self.publisher.failures) > refused
-                and all(f.heartbeats_between(went, time.monotonic()) >= 1 for f in self.followers)
+
+        def beating(f: Follower) -> bool:
+            return f.heartbeats_between(went, time.monotonic()) >= 1
+
+        if (
+            await until(
+                lambda: (
+                    len(self.publisher.failures) > refused
+                    and all(beating(f) for f in self.followers)
+                )
             )
-        )
-        if beating is None:
-            self.figures.fail("no publish failed or a stream had no heartbeat during the outage")
+            is None
+        ):
+            silent = [f for f in self.followers if not beating(f)]
+            ended = [f for f in silent if len(f.ends) > marks[f][0]]
+            errors = sum(f.error_events - marks[f][1] for f in silent)
+            self.figures.fail(
+                f"{len(self.publisher.failures) - refused} publishes refused; {len(silent)} "
+                f"streams without a heartbeat during the outage ({len(ended)} of them ended "
+                f"since it began, {errors} error events; by port "
+                f"{dict(Counter(f.port for f in silent))}, A {self.a.port}): "
+                f"{[f.errors[-1:] for f in silent[:2]]}"
+            )
         await asyncio.to_thread(start)
         back = time.monotonic()
         self.figures.outages.append(back - went)
