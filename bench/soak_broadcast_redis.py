@@ -26,7 +26,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from soak_broadcast import BroadcastFigures, Phase, until
+from soak_broadcast import Phase, until
+from soak_broadcast_report import BroadcastFigures
 
 from tests.support.fleet import TOPICS, Follower, start_id
 from tests.support.postgres import PostgresCluster
