@@ -190,16 +190,7 @@ class Phase:
             figures.zero.append(time.monotonic() - dropped)
         for f in on_b:
             f.release()
-        # Back on B before the engine goes: a client that connects during an outage gets an
-        # error event instead of a stream (see docs/broadcast.md), and is counted apart.
-        events = {f: f.events for f in on_b}
-
-        def back_on_b(f: Follower) -> bool:
-            return f.port == self.b.port and f.events > events[f]
-
-        if await until(lambda: all(back_on_b(f) for f in on_b)) is None:
-            astray = [(f.port, f.errors[-1:]) for f in on_b if not back_on_b(f)]
-            figures.fail(f"{len(astray)} moved subscribers not streaming on B: {astray[:3]}")
+        await self.settled_on_b(on_b)
         # 3. the engine restarted.
         await self.restart_engine()
         # 4. checks
@@ -217,6 +208,21 @@ class Phase:
             f"s, {self.recovery} {last(figures.recovered)} s after; A: RSS "
             f"{figures.rss[-1]:.1f} MB, {figures.objects[-1]} objects"
         )
+
+    async def settled_on_b(self, moved: list[Follower]) -> None:
+        """Wait until ``moved`` stream on B and have replayed what they missed: the restart
+        then meets streams that wait live. (On Redis, a stream opened or still replaying
+        when it goes ends with an error: known issues, see docs/broadcast.md.)"""
+        events = {f: f.events for f in moved}
+
+        def on_b(f: Follower) -> bool:
+            return f.port == self.b.port and f.events > events[f]
+
+        if await until(lambda: all(on_b(f) for f in moved)) is None:
+            astray = [(f.port, f.errors[-1:]) for f in moved if not on_b(f)]
+            self.figures.fail(f"{len(astray)} moved subscribers not streaming on B: {astray[:3]}")
+            return
+        await self.caught_up()  # what was published once they had all joined
 
     async def restart_engine(self) -> None:
         back = await self.outage(self.cluster.stop_fast, self.cluster.start_again)
