@@ -270,10 +270,11 @@ bench-quick: $(BENCH_STAMP)
 # --------------------------------------------------------------------------- soak
 # A longer reliability run (bench/soak.py): repeated connect/drop cycles of 1,000 streams,
 # stuck clients and graceful shutdowns (5 minutes), then broadcast to 1,000 subscribers with
-# a worker kill, drops and a PostgreSQL restart per cycle (bench/soak_broadcast.py, 2
-# minutes); figures in docs/reliability.md. SOAK_ARGS="--duration 900 --streams 500" to
-# change the first, SOAK_ARGS="--broadcast-duration 600" for the issue's 10 minutes of the
-# second (0 skips it).
+# a worker kill, drops and a backend restart per cycle (bench/soak_broadcast.py, 2 minutes:
+# one with PostgreSQL restarted, one with Redis SIGKILLed and started empty); figures in
+# docs/reliability.md. SOAK_ARGS="--duration 900 --streams 500" to change the first,
+# SOAK_ARGS="--broadcast-duration 600" for the issue's 10 minutes of the second (0 skips
+# it), "--broadcast-backend redis" (or postgres) for one engine only.
 SOAK_ARGS ?=
 
 .PHONY: soak

@@ -4,6 +4,7 @@
     python bench/soak.py --duration 60 --streams 300
     SOAK_ARGS="--duration 900" make soak
     SOAK_ARGS="--duration 0 --broadcast-duration 600" make soak   # only broadcast, 10 minutes
+    python bench/soak.py --duration 0 --broadcast-duration 180 --broadcast-backend redis
 
 One long-lived uvicorn process takes the repeated cycles; every few cycles a stuck client
 (a client that stops reading on a flooding stream with ``send_timeout=2``) and a graceful
@@ -13,7 +14,10 @@ to zero, RSS and Python objects over time (a leak shows as a trend), shutdown ti
 
 Then the broadcast phase (``bench/soak_broadcast.py``) runs for ``--broadcast-duration``
 seconds (120 by default; 0 skips it): ``--broadcast-subscribers`` (1,000) subscribers on two
-workers and PostgreSQL, with a worker kill, drops and a database restart in every cycle.
+workers, with a worker kill, drops and a backend restart in every cycle: PostgreSQL's
+(``pg_ctl -m fast``, nothing may be lost) and Redis's (SIGKILL, no persistence: one
+``flosse-reset`` per subscriber and restart, then every later event), half the duration
+each (``--broadcast-backend postgres|redis|both``, ``both`` by default).
 
 Everything is bounded: the run stops starting cycles at ``--duration`` and every wait has a
 deadline. It only ever signals the servers it started, on 127.0.0.1. It exits non-zero if
@@ -263,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         "--broadcast-subscribers", type=int, default=1000, help="in the broadcast phase (1000)"
     )
     parser.add_argument(
+        "--broadcast-backend",
+        choices=("postgres", "redis", "both"),
+        default="both",
+        help="whose restart the broadcast cycles take: PostgreSQL's, Redis's (SIGKILL, no "
+        "persistence), or both, one after the other, half the duration each (both)",
+    )
+    parser.add_argument(
         "--malloc-arena-max",
         type=int,
         default=2,
@@ -285,8 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.broadcast_duration > 0:
         import soak_broadcast
 
-        broadcast = soak_broadcast.main(args.broadcast_duration, args.broadcast_subscribers)
-        failed += len(broadcast.failures)
+        backends = (
+            ("postgres", "redis") if args.broadcast_backend == "both" else (args.broadcast_backend,)
+        )
+        phases = soak_broadcast.main(args.broadcast_duration, args.broadcast_subscribers, backends)
+        failed += sum(len(figures.failures) for figures in phases)
     return 1 if failed else 0
 
 

@@ -5,7 +5,8 @@
 - ``FLOSSE_FAULTS_BACKEND=database``: the PostgreSQL cluster of ``tests/support/postgres.py``
   (``FLOSSE_PG_*``) holds everything, the broadcast history and the connection history;
 - ``FLOSSE_FAULTS_BACKEND=redis``: Redis (``FLOSSE_REDIS_URL``) for broadcast, the SQLite
-  test database for the connection history;
+  test database for the connection history, or with ``FLOSSE_FAULTS_HISTORY=postgres`` the
+  PostgreSQL cluster (the soak's Redis cycles: a thousand streams' rows from two workers);
 - ``LOST_AFTER`` of 3 seconds, so that a killed worker's rows become ``lost`` within seconds.
 """
 
@@ -18,7 +19,7 @@ from tests.settings_server import *  # noqa: F403
 
 _BACKEND = os.environ.get("FLOSSE_FAULTS_BACKEND", "database")
 
-if _BACKEND == "database":
+if _BACKEND == "database" or os.environ.get("FLOSSE_FAULTS_HISTORY") == "postgres":
     DATABASES = settings_pg.DATABASES
 
 FLOSSE = {

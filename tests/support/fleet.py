@@ -76,13 +76,22 @@ class Follower:
     query: bool = False
     #: False: only count (the soak's thousand followers for minutes): ``received`` stays
     #: empty, ``tally`` counts per topic, ``disorder`` counts events that came out of the
-    #: publisher's order or twice (their ``-<i>`` suffix not above the last one's).
+    #: publisher's order or twice (their ``-<i>`` suffix not above the last one's). The
+    #: publisher numbers its events across ``TOPICS`` in turn, so a topic's next event is
+    #: known: one skipped within a life of the history is in ``gaps`` (lost); one skipped
+    #: across a ``flosse-reset`` is in ``unrecoverable`` (its history was gone, and the
+    #: reset told the client so).
     keep: bool = True
     tally: dict[str, int] = field(default_factory=dict)
     disorder: int = 0
+    gaps: int = 0
+    unrecoverable: int = 0
+    #: ``error`` events (a stream that failed), neither counted nor kept as events.
+    error_events: int = 0
     events: int = 0  # every event but resets
     max_connections: int = MAX_CONNECTIONS
     _last_index: dict[str, int] = field(default_factory=dict)
+    _reset_since: set[str] = field(default_factory=set)  # topics with no event since a reset
     _writer: asyncio.StreamWriter | None = None
     _drop_pending: bool = False  # drop() came while connecting: drop once connected
     _allowed: asyncio.Event | None = None
@@ -163,6 +172,9 @@ class Follower:
                     self.last_id = event["id"]
                 if event.get("event") == RESET:
                     self.resets.append(self.events)
+                    self._reset_since.update(self.topics)
+                elif event.get("event") == "error":
+                    self.error_events += 1
                 else:
                     self._note(event["data"])
             event.clear()
@@ -181,9 +193,23 @@ class Follower:
         topic, _, name = data.partition(":")
         self.tally[topic] = self.tally.get(topic, 0) + 1
         index = int(name.rpartition("-")[2]) if name[-1:].isdigit() else -1
-        if index <= self._last_index.get(topic, -1):
+        last = self.last_index(topic)
+        if index <= last:
             self.disorder += 1
+        elif topic in TOPICS and index > last + len(TOPICS):
+            skipped = (index - last) // len(TOPICS) - 1
+            if topic in self._reset_since:
+                self.unrecoverable += skipped
+            else:
+                self.gaps += skipped
+        self._reset_since.discard(topic)
         self._last_index[topic] = index
+
+    def last_index(self, topic: str) -> int:
+        """The publisher's number of the last event of ``topic`` counted (``keep=False``);
+        before any, that of the event before the topic's first."""
+        first = TOPICS.index(topic) if topic in TOPICS else 0
+        return self._last_index.get(topic, first - len(TOPICS))
 
     # -- what the test judges ---------------------------------------------------------------
     def datas(self, topic: str) -> list[str]:
