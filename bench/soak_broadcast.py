@@ -210,9 +210,9 @@ class Phase:
         )
 
     async def settled_on_b(self, moved: list[Follower]) -> None:
-        """Wait until ``moved`` stream on B and have replayed what they missed: the restart
-        then meets streams that wait live. (On Redis, a stream opened or still replaying
-        when it goes ends with an error: known issues, see docs/broadcast.md.)"""
+        """Wait until ``moved`` stream on B and have replayed what they missed: each cycle's
+        restart then meets the same state, streams that wait live. (A stream still
+        replaying when Redis goes waits too: ``tests/test_broadcast_redis_rejoin.py``.)"""
         events = {f: f.events for f in moved}
 
         def on_b(f: Follower) -> bool:

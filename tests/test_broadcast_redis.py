@@ -30,7 +30,7 @@ from django_flosse.broadcasting.backends.redis import EPOCH_KEY, RedisBackend, _
 from tests.support.observe import wait_until
 from tests.support.redis import RedisServer, own_redis_server
 from tests.support.redis import redis_server_fixture as redis_server_fixture  # the fixture
-from tests.support.subscribing import Reader, resume_while_publishing
+from tests.support.subscribing import Reader, resume_while_publishing, wait_for
 
 WAIT = 15.0  # seconds any expected event may take on a loaded machine (never reached)
 
@@ -554,17 +554,27 @@ async def test_publish_from_short_lived_loops(redis: RedisServer) -> None:
     assert datas(await task) == [str(i) for i in range(5)]
 
 
-def test_a_join_of_a_new_topic_fails_clearly_when_redis_is_down(own_redis: RedisServer) -> None:
-    backend().tag  # noqa: B018 (epoch known)
-    own_redis.kill()
-    subscriber = Subscriber(("down",), 10, None)
+def test_a_join_while_redis_is_down_waits_for_it(own_redis: RedisServer) -> None:
+    """A stream opened during an outage waits for Redis, as the live ones do (its stream
+    sends heartbeats), instead of ending with an error its client would reconnect into; it
+    gives up once its subscriber is closed (the client went away). Publishing fails at once."""
     import redis as redis_py
 
-    with pytest.raises(redis_py.ConnectionError):
-        backend().join(subscriber).result(WAIT)
+    backend().tag  # noqa: B018 (epoch known)
+    own_redis.kill()
+    waiting = Subscriber(("down",), 10, None)
+    gone = Subscriber(("down",), 10, None)
+    joining, abandoned = backend().join(waiting), backend().join(gone)
     with pytest.raises(Exception, match="could not publish"):
         broadcast("down", "x")
-    own_redis.start()
+    assert not joining.done() and not abandoned.done()
+    gone.close()
+    with pytest.raises(redis_py.ConnectionError):
+        abandoned.result(WAIT)
+    own_redis.start()  # empty: a new life, where the topic has no stream yet
+    assert joining.result(WAIT) == {"down": (0, 0)}
+    broadcast("down", "after")
+    wait_for(lambda: len(waiting.queue) == 1, "the live event")
 
 
 def test_the_history_is_trimmed_and_expires(redis: RedisServer) -> None:

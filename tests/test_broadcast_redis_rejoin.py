@@ -1,15 +1,16 @@
-"""Two known issues of the ``redis`` backend around a Redis restart, found by the soak's
-Redis cycles and kept here as strict ``xfail`` tests until they are fixed.
+"""The ``redis`` backend around a Redis restart: two bugs found by the soak's Redis cycles.
 
-A client back right after Redis restarted empty, before the process's reader has seen the
-new epoch (it is idle, or still in its backoff after the outage):
-
-Today the subscription takes the cached epoch for its ids, so the client's old id still
-parses; the new (empty) stream cannot place it and the client gets ``flosse-reset``, but
-with an id of the **old** life. The reader, on its next read, finds the new epoch and ends
-the stream; the client resumes with the reset's id and gets a second ``flosse-reset`` for
-the same restart (the soak's Redis cycles count 1-9% of 1,000 subscribers with two). The
-promise is one reset per restart.
+- A client back right after Redis restarted empty, before the process's reader had seen the
+  new epoch (it was idle, or still in its backoff after the outage): the subscription took
+  the cached epoch for its ids, so the client's old id parsed, the new (empty) stream could
+  not place it, and the client got ``flosse-reset`` with an id of the **old** life; the
+  reader then found the new epoch and ended the stream, and the client's next resume got a
+  second reset (1-9% of 1,000 subscribers per restart in the soak). The promise is one
+  reset per restart: a join that asks Redis now reads the epoch in the same round trip, and
+  a subscription whose backend changed epoch while it joined resets with the new one.
+- A subscriber replaying history when Redis died ended with an ``error`` event (its next
+  page's read failed) and its client reconnected into the outage, again and again. It now
+  waits, as a live subscriber does, with its stream's heartbeats.
 """
 
 from __future__ import annotations
@@ -39,11 +40,6 @@ def own_redis() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known issue: the reset carries the old epoch, a second reset follows",
-)
 def test_one_reset_for_a_client_back_before_the_reader_saw_the_restart(
     own_redis: RedisServer,
 ) -> None:
@@ -61,7 +57,7 @@ def test_one_reset_for_a_client_back_before_the_reader_saw_the_restart(
     own_redis.start()  # empty: a new life
     back = Reader(subscribe(request(event.id), "t"))
     (reset,) = back.take(1)
-    back.thread.join(10)  # the reader ends it once it sees the new epoch
+    back.stop()
     again = Reader(subscribe(request(reset.id), "t"))
     joined(backend, "t")
     broadcast("t", "live")
@@ -72,16 +68,12 @@ def test_one_reset_for_a_client_back_before_the_reader_saw_the_restart(
     assert datas(got) == ["live"], "a second flosse-reset for the same restart"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known issue: a history read during an outage ends the stream with an error",
-)
-def test_a_stream_replaying_when_redis_dies_stays_open(own_redis: RedisServer) -> None:
+def test_a_stream_replaying_when_redis_dies_waits_then_ends_cleanly(own_redis: RedisServer) -> None:
     """A subscriber replaying more than a page of history when Redis dies: the next page's
-    read fails, and today the error ends its stream (the client sees the ``error`` event,
-    and reconnects during the outage into more of them). A live stream in the same outage
-    stays open with its heartbeats; so should this one."""
+    read fails. The stream waits (a live stream in the same outage stays open with its
+    heartbeats; so does this one) and is not ended with an error; when Redis comes back
+    empty, what it replayed is gone: it ends cleanly, and its client's resume gets one
+    ``flosse-reset`` (the test above)."""
     backend = get_backend()
     zero = backend.format_position(backend.zero)
     start = f"{backend.tag}.{ids_of_t(backend)}.{zero}"
@@ -95,7 +87,7 @@ def test_a_stream_replaying_when_redis_dies_stays_open(own_redis: RedisServer) -
 
     def rest() -> None:
         try:
-            for _ in range(PAGE_SIZE):  # the first page's rest, then the next page's read
+            for _ in range(PAGE_SIZE + 1):  # the first page's rest, then the next page's read
                 next(events)
             outcome.append(None)
         except BaseException as exc:
@@ -103,12 +95,14 @@ def test_a_stream_replaying_when_redis_dies_stays_open(own_redis: RedisServer) -
 
     thread = threading.Thread(target=rest, daemon=True)
     thread.start()
-    thread.join(10)  # it ends at once today; a stream waiting for Redis would not
-    ended = not thread.is_alive()
+    # Set where a read or join that failed waits for Redis (the reader sets it too).
+    wait_for(lambda: not backend._epoch_checked, "a failed read")  # type: ignore[attr-defined]
+    assert thread.is_alive() and not outcome, f"the stream ended while Redis was down: {outcome}"
+    own_redis.start()  # empty: a new life
+    thread.join(30)
     subscription.close()
-    own_redis.start()
-    thread.join(10)
-    assert not ended, f"the stream ended while Redis was down: {outcome!r}"
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], StopIteration), outcome
 
 
 def ids_of_t(backend: Any) -> str:

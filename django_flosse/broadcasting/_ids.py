@@ -37,6 +37,7 @@ class IdFormat:
         parse_position: Callable[[str], Any],
     ) -> None:
         digest = salted_hmac(_SALT, "\n".join(topics), algorithm="sha256").hexdigest()[:12]
+        self.tag = tag
         self.prefix = f"{tag}.{digest}."
         self.topics = tuple(topics)
         self._format = format_position

@@ -201,6 +201,12 @@ class Subscription:
 
     def _catch_up_step(self, reply: Any) -> Any:
         assert self._catching_up is not None
+        if self._subscriber is not None and self._subscriber.closed:
+            # Closed while it waited for the backend (the engine lost its data, say):
+            # nothing it would queue now may reach the client, a reset of a past life least.
+            self._catching_up.close()
+            self._catching_up = None
+            return _END
         try:
             return self._catching_up.send(reply)
         except StopIteration:
@@ -219,6 +225,17 @@ class Subscription:
         # Said to the join: it can then take its cut at once when that is not behind it.
         subscriber.resumes_at = dict(start) if start is not None else None
         cut: dict[str, Any] = yield backend.join(subscriber)
+        if backend.tag != self._ids.tag:
+            # The engine lost its data (Redis restarted empty) after this subscription read
+            # the client's id: the id's positions belong to the past life, and every id
+            # from now on must name the new one (an id of the past life would get the
+            # client a second reset when it comes back).
+            self._ids = IdFormat(
+                backend.tag, self.topics, backend.format_position, backend.parse_position
+            )
+            if start is not None:
+                self._reset(cut, "the backend lost its history")
+                return
         if start is None:
             if self._last_id:  # an id the history cannot place
                 self._reset(cut, "unknown id")

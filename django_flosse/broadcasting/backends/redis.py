@@ -57,7 +57,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -66,12 +66,13 @@ from ...conf import Config
 from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
 from ._loop import LoopThread
-from ._outage import Outage
+from ._outage import BACKOFF, Outage
 from .base import KEEP_PAGES_SECONDS, PAGE_SIZE, Backend, Fanout, KeptPages, Page, Subscriber, done
 
 __all__ = ["RedisBackend"]
 
 Position = tuple[int, int]
+T = TypeVar("T")
 
 KEY_PREFIX = "flosse:topic:"
 EPOCH_KEY = "flosse:epoch"
@@ -173,6 +174,10 @@ class RedisBackend(Backend):
             "flosse-broadcast-redis", setup=self._setup, main=self._run, cleanup=self._cleanup
         )
         self._epoch: str | None = None
+        # Whether ``_epoch`` was read from Redis since its last failure: a Redis back from
+        # an outage may have lost its data, and nothing may be placed by the old positions
+        # (a join at once, say) before the epoch is read again.
+        self._epoch_checked = False
         # Shared history reads in flight, by (topic, after).
         self._reads_lock = threading.Lock()
         self._reads: dict[tuple[str, Position], concurrent.futures.Future[Page]] = {}
@@ -253,7 +258,9 @@ class RedisBackend(Backend):
             return None
         try:
             positions = self._positions
-            if self._stopping or not all(topic in positions for topic in subscriber.topics):
+            if self._stopping or not self._epoch_checked:
+                return None
+            if not all(topic in positions for topic in subscriber.topics):
                 return None
             self._fanout.add(subscriber)
             self._members[subscriber] = None
@@ -262,14 +269,21 @@ class RedisBackend(Backend):
             self._fanout_lock.release()
 
     async def _join(self, subscriber: Subscriber) -> dict[str, Any]:
-        if self._epoch is None:
+        return await self._when_reachable(lambda: self._join_now(subscriber), subscriber)
+
+    async def _join_now(self, subscriber: Subscriber) -> dict[str, Any]:
+        if not self._epoch_checked:
             await self._known_epoch()
         heads: dict[str, Position] = {}
         while True:  # a topic may be dropped by the reader while we wait for the others
             missing = [t for t in subscriber.topics if t not in self._positions and t not in heads]
             if not missing:
                 break
-            heads.update(await self._heads(missing))
+            found = await self._heads(missing)
+            if found is None:  # Redis lost its data: the positions read so far too
+                heads.clear()
+                continue
+            heads.update(found)
         # No await from here on: the cut and the registration happen between two deliveries.
         new = False
         with self._fanout_lock:
@@ -283,12 +297,20 @@ class RedisBackend(Backend):
             self._interrupt()
         return {topic: self._positions[topic] for topic in subscriber.topics}
 
-    async def _heads(self, topics: list[str]) -> dict[str, Position]:
-        """The last id of each topic's stream, ``(0, 0)`` for a stream that does not exist."""
+    async def _heads(self, topics: list[str]) -> dict[str, Position] | None:
+        """The last id of each topic's stream, ``(0, 0)`` for a stream that does not exist;
+        ``None`` when the epoch changed (read in the same round trip: a reader without
+        topics does not look at Redis, and would not have seen it restart empty)."""
         pipe = self._client.pipeline(transaction=False)
+        pipe.get(EPOCH_KEY)
         for topic in topics:
             pipe.xinfo_stream(_key(topic))
-        replies = await pipe.execute(raise_on_error=False)
+        epoch, *replies = await pipe.execute(raise_on_error=False)
+        if isinstance(epoch, BaseException):
+            raise epoch
+        if epoch is None or epoch.decode() != self._epoch:
+            await self._known_epoch()
+            return None
         heads = {}
         for topic, reply in zip(topics, replies, strict=True):
             heads[topic] = self._head(reply)
@@ -322,7 +344,9 @@ class RedisBackend(Backend):
             future = self._reads.get(key)
             if future is not None:
                 return future
-            future = self._reads[key] = self._submit(lambda: self._read(topic, after))
+            future = self._reads[key] = self._submit(
+                lambda: self._when_reachable(lambda: self._read(topic, after))
+            )
 
         def forget(done: concurrent.futures.Future[Page]) -> None:
             with self._reads_lock:
@@ -347,6 +371,28 @@ class RedisBackend(Backend):
         page = Page(messages, _complete(info, after))
         self._kept.keep(topic, after, page)
         return page
+
+    async def _when_reachable(
+        self, attempt: Callable[[], Coroutine[Any, Any, T]], subscriber: Subscriber | None = None
+    ) -> T:
+        """``attempt()``, again and again while Redis cannot be reached: a join or a history
+        read waits out an outage as a live subscriber does (its stream sends heartbeats
+        meanwhile) instead of ending the stream with an error, and its client does not
+        reconnect into the outage. Each retry reads the epoch first: Redis may be back
+        empty (what the subscriber followed is then gone: it is closed, see
+        ``_known_epoch``). Gives up when the subscriber is gone or the backend closes."""
+        failures = 0
+        while True:
+            try:
+                if failures:
+                    await self._known_epoch()
+                return await attempt()
+            except (self._redis.ConnectionError, self._redis.TimeoutError, OSError):
+                self._epoch_checked = False
+                if self._stopping or (subscriber is not None and subscriber.closed):
+                    raise
+                await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
+                failures += 1
 
     # -- the loop thread -------------------------------------------------------------------
     def _submit(
@@ -430,6 +476,8 @@ class RedisBackend(Backend):
                     continue
                 self._deliver(reply)
             except Exception as exc:  # Redis down, or anything else: never end the reader
+                with self._fanout_lock:
+                    self._epoch_checked = False
                 await self._pause(self._outage.failed(exc))
                 continue
             self._outage.ok()
@@ -447,6 +495,7 @@ class RedisBackend(Backend):
 
     def _deliver(self, reply: Any) -> None:
         with self._fanout_lock:  # a join at once sees the new positions and the events, or neither
+            self._epoch_checked = True  # read in the same round trip
             self._deliver_locked(reply)
 
     def _deliver_locked(self, reply: Any) -> None:
@@ -470,12 +519,23 @@ class RedisBackend(Backend):
 
     async def _known_epoch(self) -> str:
         """The epoch in Redis (set now if missing); a new one drops this process's
-        subscribers and positions: what they followed is gone."""
+        subscribers, positions and kept pages: what they followed is gone."""
         pipe = self._client.pipeline(transaction=True)
         pipe.set(EPOCH_KEY, secrets.token_hex(4), nx=True)
         pipe.get(EPOCH_KEY)
         epoch: str = (await pipe.execute())[1].decode()
-        if self._epoch is not None and epoch != self._epoch:
+        lost = self._epoch is not None and epoch != self._epoch
+        with self._fanout_lock:
+            members = list(self._members) if lost else []
+            if lost:
+                for subscriber in members:
+                    self._fanout.remove(subscriber)
+                self._members.clear()
+                self._positions.clear()
+                self._kept.clear()
+            self._epoch = epoch
+            self._epoch_checked = True
+        if lost:
             get_logger().warning(
                 BROADCAST_BACKEND_ERROR,
                 backend=self.name,
@@ -483,16 +543,8 @@ class RedisBackend(Backend):
                 error="Redis lost its data (restarted without persistence, or flushed): "
                 "subscribers get flosse-reset",
             )
-            with self._fanout_lock:
-                members = list(self._members)
-                for subscriber in members:
-                    self._fanout.remove(subscriber)
-                self._members.clear()
-                self._positions.clear()
             for subscriber in members:
                 subscriber.close()
-            self._kept.clear()
-        self._epoch = epoch
         return epoch
 
     async def _pause(self, seconds: float) -> None:
