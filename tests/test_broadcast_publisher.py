@@ -149,6 +149,21 @@ def test_publishes_share_one_connection(alias: str, opened: list[object]) -> Non
     assert len(opened) == 1, opened
 
 
+@pytest.mark.parametrize(("max_age", "connections_opened"), [(0, 1), (None, 1), (1e-9, 3)])
+def test_conn_max_age_caps_the_connection_s_age(
+    pg: PostgresCluster,
+    opened: list[object],
+    monkeypatch: pytest.MonkeyPatch,
+    max_age: float | None,
+    connections_opened: int,
+) -> None:
+    """0 (Django's default, one connection per request) and None keep it for the burst; a
+    positive age closes it before the first batch past that age (1 ns: every next one)."""
+    monkeypatch.setitem(connections.settings["pg"], "CONN_MAX_AGE", max_age)
+    assert run(*(abroadcast("aged", f"e{i}") for i in range(3))) == [None] * 3
+    assert len(opened) == connections_opened, opened
+
+
 def test_the_connection_is_closed_when_idle_and_opened_again(
     pg: PostgresCluster, opened: list[object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
