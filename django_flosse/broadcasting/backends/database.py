@@ -1,7 +1,9 @@
 """The ``database`` backend (the default): the history in the project's own database.
 
 **Publishing** (any process: a view, a Celery task, ``manage.py``) runs one transaction per
-call on ``BROADCAST_DATABASE``: per event, it increments the topic's row in
+call on ``BROADCAST_DATABASE`` (``broadcast()``: the caller's connection; ``abroadcast()``:
+the connection the publisher thread keeps, which may group the calls queued meanwhile into
+one transaction, see ``_publisher``): per event, it increments the topic's row in
 ``BroadcastTopic``, reads the new position back and inserts the event into
 ``BroadcastMessage``. The UPDATE comes first on purpose: it takes the row lock
 (PostgreSQL) or the database's write lock (SQLite) before the position is read, so two
@@ -41,6 +43,7 @@ reused, so an old id can never name a different event.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import threading
@@ -48,7 +51,6 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db import IntegrityError, NotSupportedError, connections, transaction
 from django.db.models import F
 
@@ -57,6 +59,7 @@ from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
 from ._outage import Outage
 from ._pglisten import CHANNEL, Listener, listen_params
+from ._publisher import Publisher
 from .base import PAGE_SIZE, Backend, Fanout, KeptPages, Page, Subscriber, done
 
 __all__ = ["DatabaseBackend"]
@@ -82,6 +85,7 @@ class DatabaseBackend(Backend):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.alias = config.broadcast_database
+        self._publisher = Publisher(self.alias, lambda d: _insert(self.alias, d, config), _closed)
         self._lock = threading.Lock()  # the requests below, and starting the threads
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -124,9 +128,10 @@ class DatabaseBackend(Backend):
         self._ring(draft.topic for draft in drafts)
 
     async def apublish(self, drafts: Sequence[Draft]) -> None:
-        await sync_to_async(_store_and_close, thread_sensitive=False)(
-            self.alias, drafts, self.config
-        )
+        """Stored by the publisher thread, on the connection it keeps (see ``_publisher``)."""
+        if not drafts:
+            return
+        await asyncio.wrap_future(self._publisher.submit(drafts))
         self._ring(draft.topic for draft in drafts)
 
     def _publish_independently(self, drafts: Sequence[Draft]) -> None:
@@ -242,6 +247,7 @@ class DatabaseBackend(Backend):
             self._stop.set()
             thread = self._thread
         self._wake.set()
+        self._publisher.close(STOP_TIMEOUT)
         if thread is not None and thread is not threading.current_thread():
             thread.join(STOP_TIMEOUT)
 
@@ -442,24 +448,35 @@ def _closed() -> RuntimeError:
 
 # -- publishing (any thread) ------------------------------------------------------------------
 def _store(alias: str, drafts: Sequence[Draft], config: Config) -> None:
+    with transaction.atomic(using=alias):
+        _insert(alias, drafts, config)
+
+
+def _insert(alias: str, drafts: Sequence[Draft], config: Config) -> None:
+    """Store ``drafts`` in the transaction the caller opened: topic after topic in sorted
+    order, each topic's drafts in call order. Two transactions of several topics each (the
+    publisher's group commits) thus lock their topic rows in one order, and the trims come
+    after every row lock is taken: they never wait for each other in a cycle."""
     topic_model, message_model = _models()
     topics = topic_model.objects.using(alias)
-    with transaction.atomic(using=alias):
-        connection = connections[alias]
-        for draft in drafts:
-            position = _next_position(alias, topics, draft.topic)
-            message_model.objects.using(alias).create(
-                topic=draft.topic,
-                position=position,
-                body=draft.body.decode(),
-                published_at=draft.published_at,
-            )
-            if position % TRIM_EVERY == 0:
-                _trim(alias, draft.topic, position, draft.published_at, config)
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                for topic in dict.fromkeys(draft.topic for draft in drafts):
-                    cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, topic])
+    trims: dict[str, tuple[int, float]] = {}
+    for draft in sorted(drafts, key=lambda draft: draft.topic):
+        position = _next_position(alias, topics, draft.topic)
+        message_model.objects.using(alias).create(
+            topic=draft.topic,
+            position=position,
+            body=draft.body.decode(),
+            published_at=draft.published_at,
+        )
+        if position % TRIM_EVERY == 0:
+            trims[draft.topic] = (position, draft.published_at)
+    for topic, (position, now) in trims.items():
+        _trim(alias, topic, position, now, config)
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for topic in dict.fromkeys(draft.topic for draft in drafts):
+                cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, topic])
 
 
 def _next_position(alias: str, topics: Any, topic: str) -> int:
