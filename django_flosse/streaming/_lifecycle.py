@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import random
 import secrets
 import time
@@ -74,6 +76,13 @@ class Stream:
     attaches it once the view returned it. ``connection`` is registered already (to enforce
     limits before answering); :meth:`close` closes it exactly once, with its reason.
     """
+
+    # One per open connection, for its whole life: no per-instance __dict__.
+    __slots__ = (
+        "_encode", "_first", "_gzip", "_heartbeat", "_max_duration", "_registry",
+        "_release_db_when_idle", "_send_timeout", "_source", "connection", "on_private_loop",
+        "sending_since", "started",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -166,11 +175,10 @@ class Stream:
         # Another thread may ask this stream to stop (terminate, shutdown): it wakes us.
         loop = asyncio.get_running_loop()
         stop: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(set_done, stop)
-
-        conn.wake = wake
+        conn.wake = functools.partial(loop.call_soon_threadsafe, set_done, stop)
+        # The context the waits' callbacks run in (they only complete a future): one per
+        # stream instead of a copy of the current one per callback and timer of every wait.
+        quiet = contextvars.Context()
         if conn.stop_reason is not None:
             stop.set_result(None)
         # Per connection, never per event: the maximum duration, the send watchdog.
@@ -220,7 +228,7 @@ class Stream:
                             wake_at = release_at
                         timeout = None if wake_at is None else wake_at - now
                         if timeout is None or timeout > 0:
-                            await first_of(fut, stop, timeout)
+                            await first_of(fut, stop, timeout, quiet)
                         if not fut.done() and not stop.done():
                             if release_at is not None and time.monotonic() >= release_at:
                                 release_pending = False

@@ -8,6 +8,7 @@ allocates per event: waiting is one future and one timer per wait, sharing is a 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 from typing import Any
@@ -35,20 +36,25 @@ def _set_done_on(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> No
 
 
 async def first_of(
-    fut: asyncio.Future[Any], stop: asyncio.Future[None], timeout: float | None
+    fut: asyncio.Future[Any],
+    stop: asyncio.Future[None],
+    timeout: float | None,
+    context: contextvars.Context | None = None,
 ) -> None:
     """Wait until ``fut`` or ``stop`` is done, or ``timeout`` seconds passed.
 
     ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does the same, and like it this never
     cancels either future (``fut`` is what the producer awaits). But an idle stream spends
     its life here, and this holds a third of the memory: one future, one callback, one timer.
+    The callbacks only complete a future: they run in ``context`` when given (the caller's
+    own, reused from wait to wait) rather than in a copy of the current context each.
     """
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
     wake = functools.partial(_set_done_on, waiter)
-    fut.add_done_callback(wake)
-    stop.add_done_callback(wake)
-    timer = None if timeout is None else loop.call_later(timeout, set_done, waiter)
+    fut.add_done_callback(wake, context=context)
+    stop.add_done_callback(wake, context=context)
+    timer = None if timeout is None else loop.call_later(timeout, set_done, waiter, context=context)
     try:
         await waiter
     finally:
