@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import random
 import secrets
@@ -41,6 +40,7 @@ from ..formatters import encoder_for
 from ..observing.log import STREAM_ERROR, get_logger
 from ..observing.registry import Connection, Registry, registry
 from . import shutdown
+from ._alarms import alarms_of
 from ._bridge import ThreadedSource
 from ._clients import attach_to_request, connection_for
 from ._db import (
@@ -176,9 +176,7 @@ class Stream:
         loop = asyncio.get_running_loop()
         stop: asyncio.Future[None] = loop.create_future()
         conn.wake = functools.partial(loop.call_soon_threadsafe, set_done, stop)
-        # The context the waits' callbacks run in (they only complete a future): one per
-        # stream instead of a copy of the current one per callback and timer of every wait.
-        quiet = contextvars.Context()
+        alarms = alarms_of(loop)  # the timeouts of its waits (heartbeat, idle release)
         if conn.stop_reason is not None:
             stop.set_result(None)
         # Per connection, never per event: the maximum duration, the send watchdog.
@@ -228,7 +226,7 @@ class Stream:
                             wake_at = release_at
                         timeout = None if wake_at is None else wake_at - now
                         if timeout is None or timeout > 0:
-                            await first_of(fut, stop, timeout, quiet)
+                            await first_of(fut, stop, timeout, alarms)
                         if not fut.done() and not stop.done():
                             if release_at is not None and time.monotonic() >= release_at:
                                 release_pending = False

@@ -1,17 +1,18 @@
 """How a stream waits and shares its event loop: the helpers of the lifecycle's hot loop.
 
 Kept apart so that ``_lifecycle.py`` reads as the life of one connection. Nothing here
-allocates per event: waiting is one future and one timer per wait, sharing is a few
+allocates per event: waiting is one future and one alarm entry per wait, sharing is a few
 ``asyncio.sleep(0)`` turns per chunk at most.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import time
 from typing import Any
+
+from ._alarms import LoopAlarms, alarms_of
 
 __all__ = ["MIN_CHUNK_BYTES", "SHARE_LOOP_SECONDS", "cancel_requested", "first_of", "set_done",
            "yield_to_loop"]  # fmt: skip
@@ -39,29 +40,31 @@ async def first_of(
     fut: asyncio.Future[Any],
     stop: asyncio.Future[None],
     timeout: float | None,
-    context: contextvars.Context | None = None,
+    alarms: LoopAlarms | None = None,
 ) -> None:
     """Wait until ``fut`` or ``stop`` is done, or ``timeout`` seconds passed.
 
     ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does the same, and like it this never
     cancels either future (``fut`` is what the producer awaits). But an idle stream spends
-    its life here, and this holds a third of the memory: one future, one callback, one timer.
-    The callbacks only complete a future: they run in ``context`` when given (the caller's
-    own, reused from wait to wait) rather than in a copy of the current context each.
+    its life here, so it holds as little as it can: one future, one callback, and its
+    timeout as an entry of the loop's shared alarms (``alarms``: the running loop's, which
+    a caller that waits often looks up once).
     """
     loop = asyncio.get_running_loop()
+    if alarms is None:
+        alarms = alarms_of(loop)
     waiter: asyncio.Future[None] = loop.create_future()
     wake = functools.partial(_set_done_on, waiter)
-    fut.add_done_callback(wake, context=context)
-    stop.add_done_callback(wake, context=context)
-    timer = None if timeout is None else loop.call_later(timeout, set_done, waiter, context=context)
+    fut.add_done_callback(wake, context=alarms.context)
+    stop.add_done_callback(wake, context=alarms.context)
+    alarm = None if timeout is None else alarms.add(loop, timeout, waiter)
     try:
         await waiter
     finally:
         fut.remove_done_callback(wake)
         stop.remove_done_callback(wake)
-        if timer is not None:
-            timer.cancel()
+        if alarm is not None:
+            alarms.cancel(alarm)
 
 
 async def yield_to_loop(busy_at: float, took: float) -> float:
