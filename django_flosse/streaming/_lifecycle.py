@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 import secrets
 import time
@@ -79,10 +78,13 @@ class Stream:
 
     # One per open connection, for its whole life: no per-instance __dict__.
     __slots__ = (
-        "_encode", "_first", "_gzip", "_heartbeat", "_max_duration", "_registry",
-        "_release_db_when_idle", "_send_timeout", "_source", "connection", "on_private_loop",
-        "sending_since", "started",
+        "_encode", "_first", "_gzip", "_heartbeat", "_loop", "_max_duration", "_registry",
+        "_release_db_when_idle", "_send_timeout", "_source", "_stop", "connection",
+        "on_private_loop", "sending_since", "started",
     )  # fmt: skip
+    # Set by frames(), for _wake().
+    _loop: asyncio.AbstractEventLoop
+    _stop: asyncio.Future[None]
 
     def __init__(
         self,
@@ -175,7 +177,8 @@ class Stream:
         # Another thread may ask this stream to stop (terminate, shutdown): it wakes us.
         loop = asyncio.get_running_loop()
         stop: asyncio.Future[None] = loop.create_future()
-        conn.wake = functools.partial(loop.call_soon_threadsafe, set_done, stop)
+        self._loop, self._stop = loop, stop
+        conn.wake = self._wake
         alarms = alarms_of(loop)  # the timeouts of its waits (heartbeat, idle release)
         if conn.stop_reason is not None:
             stop.set_result(None)
@@ -334,6 +337,11 @@ class Stream:
                     # to reset.)
                     with contextlib.suppress(ValueError):
                         structlog.contextvars.reset_contextvars(**bound)
+
+    def _wake(self) -> None:
+        """``connection.wake`` while :meth:`frames` runs: from any thread, wake it to notice
+        the connection's ``stop_reason``."""
+        self._loop.call_soon_threadsafe(set_done, self._stop)
 
     def _count(self, chunk: bytes) -> bytes:
         if self._gzip is not None:
