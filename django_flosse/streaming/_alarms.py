@@ -35,7 +35,7 @@ Alarm = list[Any]
 class LoopAlarms:
     """The alarms of one event loop (see the module docstring)."""
 
-    __slots__ = ("__weakref__", "_at", "_heap", "_marked", "_seq", "_timer", "context")
+    __slots__ = ("_at", "_heap", "_marked", "_seq", "_timer", "context")
 
     def __init__(self) -> None:
         self._heap: list[Alarm] = []
