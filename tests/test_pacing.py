@@ -8,6 +8,7 @@ against a fake clock: a table of how long the loop's turns take -> how many turn
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import types
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from django_flosse.streaming import _pacing
 from django_flosse.streaming._alarms import alarms_of
 from django_flosse.streaming._pacing import (
+    SHARE_FACTOR,
     SHARE_LOOP_SECONDS,
     SHARE_TURNS,
     cancel_requested,
@@ -174,8 +176,9 @@ IDLE = 0.0  # nobody else on the loop
         (0.001, 1.0, IDLE, SHARE_TURNS + 1, False),
         # ... and each busy turn keeps the window open: still at most SHARE_TURNS extra.
         (10.0, 1.0, OTHERS_BUSY, SHARE_TURNS + 1, True),
-        # ... but no longer than others have had as much time as the chunk took.
-        (10.0, 0.0025, OTHERS_BUSY, 3, True),
+        # ... but no longer than others have had SHARE_FACTOR times as long as the chunk
+        # took (turns of 1 ms against a chunk of 2.5 ms: 2.5 x SHARE_FACTOR turns, rounded up).
+        (10.0, 0.0025, OTHERS_BUSY, math.ceil(2.5 * SHARE_FACTOR), True),
         (0.001, 0.0, IDLE, 1, False),
     ],
 )

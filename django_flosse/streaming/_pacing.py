@@ -14,8 +14,8 @@ from typing import Any
 
 from ._alarms import LoopAlarms, alarms_of
 
-__all__ = ["MIN_CHUNK_BYTES", "SHARE_LOOP_SECONDS", "cancel_requested", "first_of", "set_done",
-           "yield_to_loop"]  # fmt: skip
+__all__ = ["MIN_CHUNK_BYTES", "SHARE_FACTOR", "SHARE_LOOP_SECONDS", "cancel_requested",
+           "first_of", "set_done", "yield_to_loop"]  # fmt: skip
 
 #: The chunk cap while the event loop has other work (see ``_yield_to_loop``).
 MIN_CHUNK_BYTES = 1024
@@ -25,6 +25,10 @@ BUSY_TURN_SECONDS = 0.0001
 SHARE_LOOP_SECONDS = 0.02
 #: At most this many extra turns per chunk while sharing (see ``_yield_to_loop``).
 SHARE_TURNS = 8
+#: While sharing, others get this many times as long as the stream's chunk took: the stream
+#: takes at most a third of the loop. (At 1, half: a new request's first event took about
+#: 2.1x its idle time during a flood; at 2, about 1.7x.)
+SHARE_FACTOR = 2
 
 
 def set_done(fut: asyncio.Future[None]) -> None:
@@ -76,15 +80,15 @@ async def yield_to_loop(busy_at: float, took: float) -> float:
     lets others run. A turn that took long shows that others had work: a new request, say,
     which needs dozens of turns (its middleware, each hop to its thread) to send its first
     event. For ``SHARE_LOOP_SECONDS`` after such a turn the stream shares the loop: it
-    yields turns until others have had as much time as its chunk took (at most
-    ``SHARE_TURNS``), so it takes at most about half of the loop's time, and the caller
-    keeps chunks small. Alone on the loop it yields one turn and chunks are full size,
+    yields turns until others have had ``SHARE_FACTOR`` times as long as its chunk took (at
+    most ``SHARE_TURNS``), so it takes at most about a third of the loop's time, and the
+    caller keeps chunks small. Alone on the loop it yields one turn and chunks are full size,
     which is where throughput is. Among many streams that all flood, one turn already
     gives the others far more time than a chunk takes: no extra turns there.
     """
     start = now = time.monotonic()
     for turn in range(SHARE_TURNS + 1):
-        if turn and (now - busy_at >= SHARE_LOOP_SECONDS or now - start >= took):
+        if turn and (now - busy_at >= SHARE_LOOP_SECONDS or now - start >= SHARE_FACTOR * took):
             break
         before = now
         await asyncio.sleep(0)
