@@ -8,6 +8,7 @@ against a fake clock: a table of how long the loop's turns take -> how many turn
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import types
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 import pytest
 
 from django_flosse.streaming import _pacing
+from django_flosse.streaming._alarms import alarms_of
 from django_flosse.streaming._pacing import (
+    SHARE_FACTOR,
     SHARE_LOOP_SECONDS,
     SHARE_TURNS,
     cancel_requested,
@@ -49,37 +52,22 @@ class CountingFuture(asyncio.Future[Any]):
         return 0 if self.done() else len(self._added)
 
 
-@pytest.fixture
-async def timers(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.TimerHandle]:
-    """The timers ``first_of`` starts on the running loop (those that call ``set_done``)."""
-    loop = asyncio.get_running_loop()
-    started: list[asyncio.TimerHandle] = []
-    call_later = loop.call_later
-
-    def recording(*args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        handle = call_later(*args, **kwargs)
-        if args[1] is set_done:
-            started.append(handle)
-        return handle
-
-    monkeypatch.setattr(loop, "call_later", recording)
-    return started
+def live_alarms() -> int:
+    """The alarms (``first_of``'s timeouts) still pending on the running loop."""
+    return len(alarms_of(asyncio.get_running_loop()))
 
 
 # ---------------------------------------------------------------------------- first_of
 
 
-async def test_first_of_returns_when_the_future_is_done_and_cancels_nothing(
-    timers: list[asyncio.TimerHandle],
-) -> None:
+async def test_first_of_returns_when_the_future_is_done_and_cancels_nothing() -> None:
     fut, stop = CountingFuture(), CountingFuture()
     asyncio.get_running_loop().call_soon(fut.set_result, "item")
     await asyncio.wait_for(first_of(fut, stop, timeout=DEADLINE), DEADLINE)
     assert fut.result() == "item"
     assert not stop.done()
     assert (fut.registered, stop.registered) == (0, 0)  # no callback left behind
-    (timer,) = timers
-    assert timer.cancelled()  # nor a timer
+    assert live_alarms() == 0  # nor a timeout
 
 
 async def test_first_of_returns_when_asked_to_stop_and_leaves_the_future_pending() -> None:
@@ -97,6 +85,7 @@ async def test_first_of_returns_after_the_timeout_with_both_still_pending() -> N
     await asyncio.wait_for(first_of(fut, stop, timeout=0.01), DEADLINE)
     assert not fut.done() and not stop.done()
     assert (fut.registered, stop.registered) == (0, 0)
+    assert live_alarms() == 0
 
 
 async def test_first_of_without_a_timeout_waits_for_one_of_them() -> None:
@@ -116,18 +105,17 @@ async def test_first_of_returns_at_once_when_one_is_done_already() -> None:
     assert not fut.done()
 
 
-async def test_cancelling_the_wait_cancels_neither_future(
-    timers: list[asyncio.TimerHandle],
-) -> None:
+async def test_cancelling_the_wait_cancels_neither_future() -> None:
     fut, stop = CountingFuture(), CountingFuture()
     waiting = asyncio.ensure_future(first_of(fut, stop, timeout=DEADLINE))
     await asyncio.sleep(0)
+    assert live_alarms() == 1
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert not fut.cancelled() and not stop.cancelled()
     assert (fut.registered, stop.registered) == (0, 0)
-    assert timers[0].cancelled()
+    assert live_alarms() == 0
 
 
 def test_set_done_is_idempotent() -> None:
@@ -188,8 +176,9 @@ IDLE = 0.0  # nobody else on the loop
         (0.001, 1.0, IDLE, SHARE_TURNS + 1, False),
         # ... and each busy turn keeps the window open: still at most SHARE_TURNS extra.
         (10.0, 1.0, OTHERS_BUSY, SHARE_TURNS + 1, True),
-        # ... but no longer than others have had as much time as the chunk took.
-        (10.0, 0.0025, OTHERS_BUSY, 3, True),
+        # ... but no longer than others have had SHARE_FACTOR times as long as the chunk
+        # took (turns of 1 ms against a chunk of 2.5 ms: 2.5 x SHARE_FACTOR turns, rounded up).
+        (10.0, 0.0025, OTHERS_BUSY, math.ceil(2.5 * SHARE_FACTOR), True),
         (0.001, 0.0, IDLE, 1, False),
     ],
 )

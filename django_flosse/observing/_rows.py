@@ -174,9 +174,10 @@ def update_each(objs: Sequence[models.Model], fields: Sequence[str], using: str)
         cursor.executemany(sql, params)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class OpenRow:
-    """An open connection whose row exists, with the counters last written to it."""
+    """An open connection whose row exists, with the counters last written to it (one per
+    open connection: no ``__dict__``)."""
 
     connection: Connection
     pk: Any

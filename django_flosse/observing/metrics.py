@@ -154,15 +154,16 @@ class MetricsObserver:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Per live connection, what is already in Prometheus: see _FOLDED_FIELDS.
-        self._folded: dict[Connection, list[int]] = {}
+        # Per live connection, what is already in Prometheus: see _FOLDED_FIELDS. Shared
+        # _NOTHING_FOLDED until its counters first move (an idle connection keeps no list).
+        self._folded: dict[Connection, tuple[int, ...]] = {}
         self._thread: threading.Thread | None = None
 
     def connection_opened(self, connection: Connection) -> None:
         CONNECTIONS_ACTIVE.labels(connection.stream).inc()
         CONNECTIONS_OPENED.labels(connection.stream).inc()
         with self._lock:
-            self._folded[connection] = [0] * len(_FOLDED_FIELDS)
+            self._folded[connection] = _NOTHING_FOLDED
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._fold_forever, name="flosse-metrics", daemon=True
@@ -171,7 +172,7 @@ class MetricsObserver:
 
     def connection_closed(self, connection: Connection) -> None:
         with self._lock:
-            _fold(connection, self._folded.pop(connection, [0] * len(_FOLDED_FIELDS)))
+            _fold(connection, self._folded.pop(connection, _NOTHING_FOLDED))
         CONNECTIONS_ACTIVE.labels(connection.stream).dec()
         CONNECTIONS_CLOSED.labels(connection.stream, connection.close_reason or "").inc()
         CONNECTION_DURATION.labels(connection.stream).observe(connection.duration)
@@ -209,7 +210,7 @@ class MetricsObserver:
         # closing meanwhile cannot fold the same events twice.
         with self._lock:
             for connection, folded in self._folded.items():
-                _fold(connection, folded)
+                self._folded[connection] = _fold(connection, folded)
 
     def _fold_forever(self) -> None:
         """The folding thread: runs while connections are live, then stops until the next
@@ -238,14 +239,21 @@ _FOLDED_FIELDS = (
 )
 
 
-def _fold(connection: Connection, folded: list[int]) -> None:
-    """Add what ``connection`` did since its last fold (called under the observer's lock)."""
+_NOTHING_FOLDED = (0,) * len(_FOLDED_FIELDS)
+
+
+def _fold(connection: Connection, folded: tuple[int, ...]) -> tuple[int, ...]:
+    """Add what ``connection`` did since its last fold (called under the observer's lock);
+    returns what is folded now."""
+    moved = None
     for i, (name, metric) in enumerate(_FOLDED_FIELDS):
         # Read each counter once: the streaming thread may bump it meanwhile.
         now = getattr(connection, name)
         if now > folded[i]:
             metric.labels(connection.stream).inc(now - folded[i])
-            folded[i] = now
+            if moved is None:
+                moved = list(folded)
+            moved[i] = now
     lags = connection.broadcast_lags
     if lags:
         # The subscription appends to this list from its own thread or loop, without a
@@ -261,6 +269,7 @@ def _fold(connection: Connection, folded: list[int]) -> None:
         for lag in samples:
             histogram.observe(max(0.0, lag))
         recent_lags.add(time.time(), samples)
+    return folded if moved is None else tuple(moved)
 
 
 #: Seconds without a live connection after which the folding thread stops (it is started

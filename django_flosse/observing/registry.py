@@ -70,7 +70,7 @@ class Connection:
     #: Set (by the admin's terminate, or at shutdown) to ask the stream to end with this reason.
     stop_reason: str | None = None
     #: Set by the running stream: wakes it (from any thread) to notice ``stop_reason``.
-    wake: Callable[[], None] | None = field(default=None, repr=False)
+    wake: Callable[[], object] | None = field(default=None, repr=False)
     #: The broadcast topics its view subscribed to (``subscribe()``), sorted.
     topics: tuple[str, ...] = ()
     #: Broadcast events handed to the stream (live or replayed), replayed, and resets sent.

@@ -58,6 +58,16 @@ def last_event_id(request: HttpRequest) -> str:
     header = _meta(request, "HTTP_LAST_EVENT_ID")
     if header:
         return header
+    meta = getattr(request, "META", None)
+    query_string = meta.get("QUERY_STRING") if isinstance(meta, dict) else None
+    if (
+        isinstance(query_string, str)
+        and "lastEventId" not in query_string
+        and "%" not in query_string
+    ):
+        # Not in the query (only percent-encoding could hide it): ``request.GET`` would parse
+        # it into a QueryDict that the request keeps for the connection's whole life.
+        return ""
     query: Any = getattr(request, "GET", None)
     value = query.get("lastEventId", "") if hasattr(query, "get") else ""
     return value if isinstance(value, str) else ""

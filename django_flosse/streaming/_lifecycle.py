@@ -39,6 +39,7 @@ from ..formatters import encoder_for
 from ..observing.log import STREAM_ERROR, get_logger
 from ..observing.registry import Connection, Registry, registry
 from . import shutdown
+from ._alarms import alarms_of
 from ._bridge import ThreadedSource
 from ._clients import attach_to_request, connection_for
 from ._db import (
@@ -75,6 +76,16 @@ class Stream:
     attaches it once the view returned it. ``connection`` is registered already (to enforce
     limits before answering); :meth:`close` closes it exactly once, with its reason.
     """
+
+    # One per open connection, for its whole life: no per-instance __dict__.
+    __slots__ = (
+        "_encode", "_first", "_gzip", "_heartbeat", "_loop", "_max_duration", "_registry",
+        "_release_db_when_idle", "_send_timeout", "_source", "_stop", "connection",
+        "on_private_loop", "sending_since", "started",
+    )  # fmt: skip
+    # Set by frames(), for _wake().
+    _loop: asyncio.AbstractEventLoop
+    _stop: asyncio.Future[None]
 
     def __init__(
         self,
@@ -167,11 +178,9 @@ class Stream:
         # Another thread may ask this stream to stop (terminate, shutdown): it wakes us.
         loop = asyncio.get_running_loop()
         stop: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(set_done, stop)
-
-        conn.wake = wake
+        self._loop, self._stop = loop, stop
+        conn.wake = self._wake
+        alarms = alarms_of(loop)  # the timeouts of its waits (heartbeat, idle release)
         if conn.stop_reason is not None:
             stop.set_result(None)
         # Per connection, never per event: the maximum duration, the send watchdog.
@@ -222,7 +231,7 @@ class Stream:
                             wake_at = release_at
                         timeout = None if wake_at is None else wake_at - now
                         if timeout is None or timeout > 0:
-                            await first_of(fut, stop, timeout)
+                            await first_of(fut, stop, timeout, alarms)
                         if not fut.done() and not stop.done():
                             if release_at is not None and time.monotonic() >= release_at:
                                 release_pending = False
@@ -340,6 +349,11 @@ class Stream:
                     # to reset.)
                     with contextlib.suppress(ValueError):
                         structlog.contextvars.reset_contextvars(**bound)
+
+    def _wake(self) -> None:
+        """``connection.wake`` while :meth:`frames` runs: from any thread, wake it to notice
+        the connection's ``stop_reason``."""
+        self._loop.call_soon_threadsafe(set_done, self._stop)
 
     def _count(self, chunk: bytes) -> bytes:
         if self._gzip is not None:

@@ -1,7 +1,7 @@
 """How a stream waits and shares its event loop: the helpers of the lifecycle's hot loop.
 
 Kept apart so that ``_lifecycle.py`` reads as the life of one connection. Nothing here
-allocates per event: waiting is one future and one timer per wait, sharing is a few
+allocates per event: waiting is one future and one alarm entry per wait, sharing is a few
 ``asyncio.sleep(0)`` turns per chunk at most.
 """
 
@@ -12,8 +12,10 @@ import functools
 import time
 from typing import Any
 
-__all__ = ["MIN_CHUNK_BYTES", "SHARE_LOOP_SECONDS", "SHARE_MIN_CHUNKS", "cancel_requested",
-           "first_of", "set_done", "yield_to_loop"]  # fmt: skip
+from ._alarms import LoopAlarms, alarms_of
+
+__all__ = ["MIN_CHUNK_BYTES", "SHARE_FACTOR", "SHARE_LOOP_SECONDS", "SHARE_MIN_CHUNKS",
+           "cancel_requested", "first_of", "set_done", "yield_to_loop"]  # fmt: skip
 
 #: The chunk cap while the event loop has other work (see ``_yield_to_loop``).
 MIN_CHUNK_BYTES = 1024
@@ -27,6 +29,10 @@ SHARE_TURNS = 8
 #: other work or a chunk that took ``SHARE_LOOP_SECONDS`` to make: a process paused by the
 #: host while it made a chunk has not seen the loop quiet for that long.
 SHARE_MIN_CHUNKS = 4
+#: While sharing, others get this many times as long as the stream's chunk took: the stream
+#: takes at most a third of the loop. (At 1, half: a new request's first event took about
+#: 2.1x its idle time during a flood; at 2, about 1.7x.)
+SHARE_FACTOR = 2
 
 
 def set_done(fut: asyncio.Future[None]) -> None:
@@ -39,27 +45,34 @@ def _set_done_on(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> No
 
 
 async def first_of(
-    fut: asyncio.Future[Any], stop: asyncio.Future[None], timeout: float | None
+    fut: asyncio.Future[Any],
+    stop: asyncio.Future[None],
+    timeout: float | None,
+    alarms: LoopAlarms | None = None,
 ) -> None:
     """Wait until ``fut`` or ``stop`` is done, or ``timeout`` seconds passed.
 
     ``asyncio.wait(..., return_when=FIRST_COMPLETED)`` does the same, and like it this never
     cancels either future (``fut`` is what the producer awaits). But an idle stream spends
-    its life here, and this holds a third of the memory: one future, one callback, one timer.
+    its life here, so it holds as little as it can: one future, one callback, and its
+    timeout as an entry of the loop's shared alarms (``alarms``: the running loop's, which
+    a caller that waits often looks up once).
     """
     loop = asyncio.get_running_loop()
+    if alarms is None:
+        alarms = alarms_of(loop)
     waiter: asyncio.Future[None] = loop.create_future()
     wake = functools.partial(_set_done_on, waiter)
-    fut.add_done_callback(wake)
-    stop.add_done_callback(wake)
-    timer = None if timeout is None else loop.call_later(timeout, set_done, waiter)
+    fut.add_done_callback(wake, context=alarms.context)
+    stop.add_done_callback(wake, context=alarms.context)
+    alarm = None if timeout is None else alarms.add(loop, timeout, waiter)
     try:
         await waiter
     finally:
         fut.remove_done_callback(wake)
         stop.remove_done_callback(wake)
-        if timer is not None:
-            timer.cancel()
+        if alarm is not None:
+            alarms.cancel(alarm)
 
 
 async def yield_to_loop(busy_at: float, took: float) -> float:
@@ -71,15 +84,15 @@ async def yield_to_loop(busy_at: float, took: float) -> float:
     lets others run. A turn that took long shows that others had work: a new request, say,
     which needs dozens of turns (its middleware, each hop to its thread) to send its first
     event. For ``SHARE_LOOP_SECONDS`` after such a turn the stream shares the loop: it
-    yields turns until others have had as much time as its chunk took (at most
-    ``SHARE_TURNS``), so it takes at most about half of the loop's time, and the caller
-    keeps chunks small. Alone on the loop it yields one turn and chunks are full size,
+    yields turns until others have had ``SHARE_FACTOR`` times as long as its chunk took (at
+    most ``SHARE_TURNS``), so it takes at most about a third of the loop's time, and the
+    caller keeps chunks small. Alone on the loop it yields one turn and chunks are full size,
     which is where throughput is. Among many streams that all flood, one turn already
     gives the others far more time than a chunk takes: no extra turns there.
     """
     start = now = time.monotonic()
     for turn in range(SHARE_TURNS + 1):
-        if turn and (now - busy_at >= SHARE_LOOP_SECONDS or now - start >= took):
+        if turn and (now - busy_at >= SHARE_LOOP_SECONDS or now - start >= SHARE_FACTOR * took):
             break
         before = now
         await asyncio.sleep(0)
