@@ -25,7 +25,7 @@ from django.test import override_settings
 from django_flosse import broadcast, subscribe
 from django_flosse.broadcasting.backends import get_backend
 from django_flosse.broadcasting.backends.base import PAGE_SIZE
-from tests.support.redis import RedisServer, own_redis_server
+from tests.support.redis import RedisServer, broadcast_after_restart, own_redis_server
 from tests.support.subscribing import MEMORY, Reader, datas, joined, request, wait_for
 
 
@@ -60,7 +60,7 @@ def test_one_reset_for_a_client_back_before_the_reader_saw_the_restart(
     back.stop()
     again = Reader(subscribe(request(reset.id), "t"))
     joined(backend, "t")
-    broadcast("t", "live")
+    broadcast_after_restart("t", "live")
     got = again.take_until("live")
     again.stop()
     assert datas([reset]) == ["<reset>"]
