@@ -111,3 +111,23 @@ def ids_of_t(backend: Any) -> str:
 
     ids = IdFormat(backend.tag, ("t",), backend.format_position, backend.parse_position)
     return ids.prefix.split(".")[1]
+
+
+def test_a_process_whose_first_subscriber_comes_during_an_outage_waits(
+    own_redis: RedisServer,
+) -> None:
+    """A process that has not learned Redis' epoch yet (a worker started a moment ago) gets
+    its first subscribers while Redis is down: they cannot read the client's id before the
+    join, which waits for Redis; then they stream. (They ended with the `error` event: a
+    soak cycle that restarted Redis while a new worker's 500 clients connected counted
+    about 10,000 of them per outage.)"""
+    own_redis.kill()
+    backend = get_backend()  # new for these settings: it has never reached Redis
+    reader = Reader(subscribe(request("some-id-of-before"), "t"))
+    own_redis.start()
+    joined(backend, "t")
+    broadcast_after_restart("t", "first")
+    got = reader.take_until("first")
+    reader.stop()
+    assert reader.error is None
+    assert datas(got) == ["<reset>", "first"]  # the id names no life this Redis knows

@@ -76,9 +76,8 @@ class Subscription:
             raise ValueError(f"one subscription may name at most {MAX_TOPICS} topics")
         self.topics = names
         self._backend: Backend = get_backend()
-        self._ids = IdFormat(
-            self._backend.tag, names, self._backend.format_position, self._backend.parse_position
-        )
+        tag = self._backend.known_tag()
+        self._ids: IdFormat | None = None if tag is None else self._id_format(tag)
         self._limit = get_config().broadcast_buffer
         self._last_id = last_event_id(request)[: MAX_ID_LENGTH + 1]
         self._connection: Connection | None = connection_of(request)
@@ -218,21 +217,25 @@ class Subscription:
         Yields futures (answered with their results) and ``None`` to let ready events go."""
         backend, subscriber = self._backend, self._subscriber
         assert subscriber is not None
-        if self._positions is None:  # where does the client stand? None: at the cut (no id)
-            start = self._ids.parse(self._last_id) if self._last_id else None
-        else:  # joined again after falling behind
-            start = self._positions
+        ids = self._ids
+        if self._positions is not None:  # joined again after falling behind
+            start: dict[str, Any] | None = self._positions
+        elif ids is not None and self._last_id:  # where does the client stand?
+            start = ids.parse(self._last_id)
+        else:  # no id (at the cut), or no tag to read it with before the join
+            start = None
         # Said to the join: it can then take its cut at once when that is not behind it.
         subscriber.resumes_at = dict(start) if start is not None else None
         cut: dict[str, Any] = yield backend.join(subscriber)
-        if backend.tag != self._ids.tag:
+        if ids is None:  # the join learned the tag (it waited for the engine)
+            ids = self._ids = self._id_format(backend.tag)
+            start = ids.parse(self._last_id) if self._last_id else None
+        elif backend.tag != ids.tag:
             # The engine lost its data (Redis restarted empty) after this subscription read
             # the client's id: the id's positions belong to the past life, and every id
             # from now on must name the new one (an id of the past life would get the
             # client a second reset when it comes back).
-            self._ids = IdFormat(
-                backend.tag, self.topics, backend.format_position, backend.parse_position
-            )
+            self._ids = self._id_format(backend.tag)
             if start is not None:
                 self._reset(cut, "the backend lost its history")
                 return
@@ -279,16 +282,20 @@ class Subscription:
                     return
 
     # -- making events -----------------------------------------------------------------
+    def _id_format(self, tag: str) -> IdFormat:
+        backend = self._backend
+        return IdFormat(tag, self.topics, backend.format_position, backend.parse_position)
+
     def _event(self, message: Message) -> EncodedEvent:
-        positions = self._positions
-        assert positions is not None
+        positions, ids = self._positions, self._ids
+        assert positions is not None and ids is not None  # joined
         positions[message.topic] = message.position
         if self._single:
             shared = message.shared
-            if shared is None or not shared.id.startswith(self._ids.prefix):  # type: ignore[union-attr]
-                shared = message.shared = message.event_with_id(self._ids.format(positions))
+            if shared is None or not shared.id.startswith(ids.prefix):  # type: ignore[union-attr]
+                shared = message.shared = message.event_with_id(ids.format(positions))
             return shared
-        return message.event_with_id(self._ids.format(positions))
+        return message.event_with_id(ids.format(positions))
 
     def _live(self, message: Message) -> EncodedEvent | None:
         positions = self._positions
@@ -314,6 +321,7 @@ class Subscription:
 
     def _reset(self, cut: dict[str, Any], why: str) -> None:
         self._positions = dict(cut)
+        assert self._ids is not None  # joined
         self._ready.append(reset_event(self.topics, self._ids.format(cut)))
         connection = self._connection
         if connection is not None:

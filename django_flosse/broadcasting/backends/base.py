@@ -303,6 +303,11 @@ class Backend(abc.ABC):
     def tag(self) -> str:
         """The first part of every id: the backend, and the life of its history."""
 
+    def known_tag(self) -> str | None:
+        """:attr:`tag` if it is known without asking the engine, else ``None`` (the join,
+        which may wait for the engine, learns it)."""
+        return self.tag
+
     @abc.abstractmethod
     def format_position(self, position: Any) -> str:
         """``position`` as id text (letters, digits and ``-`` only)."""

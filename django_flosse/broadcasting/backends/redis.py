@@ -202,6 +202,12 @@ class RedisBackend(Backend):
             epoch = self._wait(self._submit(self._known_epoch), "reach")
         return "r" + epoch
 
+    def known_tag(self) -> str | None:
+        # A process whose first subscriber comes during an outage has no epoch yet: its
+        # subscriptions learn it from their join, which waits for Redis.
+        epoch = self._epoch
+        return None if epoch is None else "r" + epoch
+
     def format_position(self, position: Any) -> str:
         return _format_id(position)
 
