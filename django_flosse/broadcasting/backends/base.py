@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 from ...conf import Config
 from .._messages import Draft, Message
 
-__all__ = ["Backend", "Fanout", "KeptPages", "Page", "Subscriber", "done"]
+__all__ = ["Backend", "Fanout", "KeptPages", "Page", "Subscriber", "done", "join_at_once"]
 
 #: Events one history read returns at most.
 PAGE_SIZE = 500
@@ -279,6 +279,34 @@ def done(value: Any) -> concurrent.futures.Future[Any]:
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     future.set_result(value)
     return future
+
+
+def join_at_once(
+    lock: threading.Lock,
+    fanout: Fanout,
+    members: dict[Subscriber, None],
+    positions: dict[str, Any],
+    subscriber: Subscriber,
+    can_join: Callable[[], bool],
+) -> dict[str, Any] | None:
+    """Add ``subscriber`` to ``fanout`` (and ``members``) on the calling thread and return
+    its cut, if ``can_join()`` says that ``positions`` give it without asking the engine;
+    ``None`` otherwise (the backend's thread serves the join then).
+
+    ``lock`` is the one the backend's reader holds while it delivers and moves
+    ``positions``: the cut is exact. It is only tried: while the reader holds it, the join
+    goes to the reader instead of stalling the caller's event loop.
+    """
+    if not lock.acquire(blocking=False):
+        return None
+    try:
+        if not can_join():
+            return None
+        fanout.add(subscriber)
+        members[subscriber] = None
+        return {topic: positions[topic] for topic in subscriber.topics}
+    finally:
+        lock.release()
 
 
 class Backend(abc.ABC):

@@ -60,7 +60,7 @@ from .._messages import Draft, Message
 from ._outage import Outage
 from ._pglisten import CHANNEL, Listener, listen_params
 from ._publisher import Publisher
-from .base import PAGE_SIZE, Backend, Fanout, KeptPages, Page, Subscriber, done
+from .base import PAGE_SIZE, Backend, Fanout, KeptPages, Page, Subscriber, done, join_at_once
 
 __all__ = ["DatabaseBackend"]
 
@@ -184,23 +184,19 @@ class DatabaseBackend(Backend):
         Why: a join through the reader is a thread hop each way, and the hop back waits
         for the caller's event loop. While that loop sends a reconnect storm's replays it
         took about 10 ms, and a new client got its first event 10 to 37 times later than
-        on an idle server. The lock is only tried: while the reader holds it (handing a batch
-        to the fan-out), the join goes to the reader instead of stalling the caller's loop.
+        on an idle server.
         """
-        if not self._fanout_lock.acquire(blocking=False):
-            return None
-        try:
-            positions, stands = self._positions, subscriber.resumes_at or {}
-            if self._stop.is_set() or not all(
+        positions, stands = self._positions, subscriber.resumes_at or {}
+
+        def can_join() -> bool:
+            return not self._stop.is_set() and all(
                 topic in positions and stands.get(topic, self.zero) <= positions[topic]
                 for topic in subscriber.topics
-            ):
-                return None
-            self._fanout.add(subscriber)
-            self._members[subscriber] = None
-            return {topic: positions[topic] for topic in subscriber.topics}
-        finally:
-            self._fanout_lock.release()
+            )
+
+        return join_at_once(
+            self._fanout_lock, self._fanout, self._members, positions, subscriber, can_join
+        )
 
     def leave(self, subscriber: Subscriber) -> None:
         with self._lock:

@@ -67,7 +67,17 @@ from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
 from ._loop import LoopThread
 from ._outage import BACKOFF, Outage
-from .base import KEEP_PAGES_SECONDS, PAGE_SIZE, Backend, Fanout, KeptPages, Page, Subscriber, done
+from .base import (
+    KEEP_PAGES_SECONDS,
+    PAGE_SIZE,
+    Backend,
+    Fanout,
+    KeptPages,
+    Page,
+    Subscriber,
+    done,
+    join_at_once,
+)
 
 __all__ = ["RedisBackend"]
 
@@ -257,22 +267,19 @@ class RedisBackend(Backend):
         Why: through the loop thread a join is a hop there and a hop back to the caller's
         event loop, and while that loop sends a reconnect storm's replays the hop back took
         about 10 ms (a new client's first event 10 to 37 times later than on an idle server).
-        The lock is only tried: while the reader holds it (delivering a batch), the join
-        goes through the loop thread instead of stalling the caller's loop.
         """
-        if not self._fanout_lock.acquire(blocking=False):
-            return None
-        try:
-            positions = self._positions
-            if self._stopping or not self._epoch_checked:
-                return None
-            if not all(topic in positions for topic in subscriber.topics):
-                return None
-            self._fanout.add(subscriber)
-            self._members[subscriber] = None
-            return {topic: positions[topic] for topic in subscriber.topics}
-        finally:
-            self._fanout_lock.release()
+        positions = self._positions
+
+        def can_join() -> bool:
+            return (
+                not self._stopping
+                and self._epoch_checked
+                and all(topic in positions for topic in subscriber.topics)
+            )
+
+        return join_at_once(
+            self._fanout_lock, self._fanout, self._members, positions, subscriber, can_join
+        )
 
     async def _join(self, subscriber: Subscriber) -> dict[str, Any]:
         return await self._when_reachable(lambda: self._join_now(subscriber), subscriber)
