@@ -53,8 +53,9 @@ from ._pacing import (
     MIN_CHUNK_BYTES,
     SHARE_LOOP_SECONDS,
     SHARE_MIN_CHUNKS,
+    arm_first_of,
     cancel_requested,
-    first_of,
+    disarm_first_of,
     set_done,
     yield_to_loop,
 )
@@ -83,7 +84,7 @@ class Stream:
         "_release_db_when_idle", "_send_timeout", "_source", "_stop", "connection",
         "on_private_loop", "sending_since", "started",
     )  # fmt: skip
-    # Set by frames(), for _wake().
+    # Set by frames(), for __call__() (the wake hook).
     _loop: asyncio.AbstractEventLoop
     _stop: asyncio.Future[None]
 
@@ -179,7 +180,7 @@ class Stream:
         loop = asyncio.get_running_loop()
         stop: asyncio.Future[None] = loop.create_future()
         self._loop, self._stop = loop, stop
-        conn.wake = self._wake
+        conn.wake = self  # __call__: a bound method (self._wake) would be 64 bytes more
         alarms = alarms_of(loop)  # the timeouts of its waits (heartbeat, idle release)
         if conn.stop_reason is not None:
             stop.set_result(None)
@@ -208,7 +209,13 @@ class Stream:
         busy_at = -SHARE_LOOP_SECONDS  # when a turn of the loop last showed other work
         quiet_chunks = SHARE_MIN_CHUNKS  # chunks sent since then
         # Anything the view logs while it streams carries the connection id and stream.
-        bound = structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
+        # (The tokens alone are kept, to reset them: the dict structlog returns is 128
+        # bytes more, kept for the connection's whole life.)
+        bound = tuple(
+            structlog.contextvars.bind_contextvars(
+                connection_id=conn.id, stream=conn.stream
+            ).values()
+        )
         try:
             finished = False
             while True:
@@ -231,7 +238,13 @@ class Stream:
                             wake_at = release_at
                         timeout = None if wake_at is None else wake_at - now
                         if timeout is None or timeout > 0:
-                            await first_of(fut, stop, timeout, alarms)
+                            # first_of(), awaited here: an idle stream then keeps no
+                            # coroutine frame of its own for the wait (272 bytes).
+                            waiter, wake, alarm = arm_first_of(fut, stop, timeout, alarms)
+                            try:
+                                await waiter
+                            finally:
+                                disarm_first_of(fut, stop, wake, alarm, alarms)
                         if not fut.done() and not stop.done():
                             if release_at is not None and time.monotonic() >= release_at:
                                 release_pending = False
@@ -348,9 +361,10 @@ class Stream:
                     # (On Python 3.10's private loop each step had its own context: nothing
                     # to reset.)
                     with contextlib.suppress(ValueError):
-                        structlog.contextvars.reset_contextvars(**bound)
+                        for token in reversed(bound):
+                            token.var.reset(token)
 
-    def _wake(self) -> None:
+    def __call__(self) -> None:
         """``connection.wake`` while :meth:`frames` runs: from any thread, wake it to notice
         the connection's ``stop_reason``."""
         self._loop.call_soon_threadsafe(set_done, self._stop)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
-from ._alarms import LoopAlarms, alarms_of
+from ._alarms import Alarm, LoopAlarms, alarms_of
 
 __all__ = ["MIN_CHUNK_BYTES", "SHARE_FACTOR", "SHARE_LOOP_SECONDS", "SHARE_MIN_CHUNKS",
-           "cancel_requested", "first_of", "set_done", "yield_to_loop"]  # fmt: skip
+           "arm_first_of", "cancel_requested", "disarm_first_of", "first_of", "set_done",
+           "yield_to_loop"]  # fmt: skip
 
 #: The chunk cap while the event loop has other work (see ``_yield_to_loop``).
 MIN_CHUNK_BYTES = 1024
@@ -56,8 +58,24 @@ async def first_of(
     cancels either future (``fut`` is what the producer awaits). But an idle stream spends
     its life here, so it holds as little as it can: one future, one callback, and its
     timeout as an entry of the loop's shared alarms (``alarms``: the running loop's, which
-    a caller that waits often looks up once).
+    a caller that waits often looks up once). A caller can also await in its own frame,
+    without this coroutine's: :func:`arm_first_of`, then :func:`disarm_first_of`.
     """
+    waiter, wake, alarm = arm_first_of(fut, stop, timeout, alarms)
+    try:
+        await waiter
+    finally:
+        disarm_first_of(fut, stop, wake, alarm, alarms)
+
+
+def arm_first_of(
+    fut: asyncio.Future[Any],
+    stop: asyncio.Future[None],
+    timeout: float | None,
+    alarms: LoopAlarms | None = None,
+) -> tuple[asyncio.Future[None], Callable[[asyncio.Future[Any]], None], Alarm | None]:
+    """:func:`first_of`'s future to await (done when it would return), with what
+    :func:`disarm_first_of` needs once it is done or the await was cancelled."""
     loop = asyncio.get_running_loop()
     if alarms is None:
         alarms = alarms_of(loop)
@@ -66,13 +84,21 @@ async def first_of(
     fut.add_done_callback(wake, context=alarms.context)
     stop.add_done_callback(wake, context=alarms.context)
     alarm = None if timeout is None else alarms.add(loop, timeout, waiter)
-    try:
-        await waiter
-    finally:
-        fut.remove_done_callback(wake)
-        stop.remove_done_callback(wake)
-        if alarm is not None:
-            alarms.cancel(alarm)
+    return waiter, wake, alarm
+
+
+def disarm_first_of(
+    fut: asyncio.Future[Any],
+    stop: asyncio.Future[None],
+    wake: Callable[[asyncio.Future[Any]], None],
+    alarm: Alarm | None,
+    alarms: LoopAlarms | None = None,
+) -> None:
+    """Undo :func:`arm_first_of`: neither future keeps the callback, no alarm is left."""
+    fut.remove_done_callback(wake)
+    stop.remove_done_callback(wake)
+    if alarm is not None:
+        (alarms or alarms_of(asyncio.get_running_loop())).cancel(alarm)
 
 
 async def yield_to_loop(busy_at: float, took: float) -> float:
