@@ -58,23 +58,28 @@ async def first_of(
     cancels either future (``fut`` is what the producer awaits). But an idle stream spends
     its life here, so it holds as little as it can: one future, one callback, and its
     timeout as an entry of the loop's shared alarms (``alarms``: the running loop's, which
-    a caller that waits often looks up once). A caller can also await in its own frame,
-    without this coroutine's: :func:`arm_first_of`, then :func:`disarm_first_of`.
+    a caller that waits often looks up once). The stream awaits in its own frame instead,
+    without this coroutine's (:func:`arm_first_of`, then :func:`disarm_first_of`), and has
+    no ``stop`` future: the hook that asks it to stop completes its wait.
     """
-    waiter, wake, alarm = arm_first_of(fut, stop, timeout, alarms)
+    if alarms is None:
+        alarms = alarms_of(asyncio.get_running_loop())
+    waiter, wake, alarm = arm_first_of(fut, timeout, alarms)
+    stop.add_done_callback(wake, context=alarms.context)
     try:
         await waiter
     finally:
-        disarm_first_of(fut, stop, wake, alarm, alarms)
+        stop.remove_done_callback(wake)
+        disarm_first_of(fut, wake, alarm, alarms)
 
 
 def arm_first_of(
     fut: asyncio.Future[Any],
-    stop: asyncio.Future[None],
     timeout: float | None,
     alarms: LoopAlarms | None = None,
 ) -> tuple[asyncio.Future[None], Callable[[asyncio.Future[Any]], None], Alarm | None]:
-    """:func:`first_of`'s future to await (done when it would return), with what
+    """A future to await, done once ``fut`` is or ``timeout`` seconds passed (complete it
+    to end the wait early: :func:`first_of` does on ``stop``), with what
     :func:`disarm_first_of` needs once it is done or the await was cancelled."""
     loop = asyncio.get_running_loop()
     if alarms is None:
@@ -82,21 +87,18 @@ def arm_first_of(
     waiter: asyncio.Future[None] = loop.create_future()
     wake = functools.partial(_set_done_on, waiter)
     fut.add_done_callback(wake, context=alarms.context)
-    stop.add_done_callback(wake, context=alarms.context)
     alarm = None if timeout is None else alarms.add(loop, timeout, waiter)
     return waiter, wake, alarm
 
 
 def disarm_first_of(
     fut: asyncio.Future[Any],
-    stop: asyncio.Future[None],
     wake: Callable[[asyncio.Future[Any]], None],
     alarm: Alarm | None,
     alarms: LoopAlarms | None = None,
 ) -> None:
-    """Undo :func:`arm_first_of`: neither future keeps the callback, no alarm is left."""
+    """Undo :func:`arm_first_of`: ``fut`` keeps no callback, no alarm is left."""
     fut.remove_done_callback(wake)
-    stop.remove_done_callback(wake)
     if alarm is not None:
         (alarms or alarms_of(asyncio.get_running_loop())).cancel(alarm)
 
