@@ -19,7 +19,6 @@ turn after every chunk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import secrets
 import time
@@ -209,11 +208,13 @@ class Stream:
         busy_at = -SHARE_LOOP_SECONDS  # when a turn of the loop last showed other work
         quiet_chunks = SHARE_MIN_CHUNKS  # chunks sent since then
         # Anything the view logs while it streams carries the connection id and stream.
-        # (The tokens alone are kept, to reset them: the dict structlog returns would be
-        # 184 bytes kept for the connection's whole life, two locals are 16.)
-        bound_id, bound_stream = structlog.contextvars.bind_contextvars(
-            connection_id=conn.id, stream=conn.stream
-        ).values()
+        # Restored at the end by binding what was bound before (Ellipsis: nothing), not by
+        # the tokens bind_contextvars returns: they would be kept for the connection's
+        # whole life (two tokens and their dict, 312 bytes).
+        was_bound = structlog.contextvars.get_contextvars()
+        was_id, was_stream = was_bound.get("connection_id", ...), was_bound.get("stream", ...)
+        del was_bound
+        structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
         try:
             finished = False
             while True:
@@ -358,11 +359,7 @@ class Stream:
                 try:
                     self.close(reason)
                 finally:  # even if an observer's error escaped the close
-                    # (On Python 3.10's private loop each step had its own context: nothing
-                    # to reset.)
-                    with contextlib.suppress(ValueError):
-                        bound_stream.var.reset(bound_stream)
-                        bound_id.var.reset(bound_id)
+                    structlog.contextvars.bind_contextvars(connection_id=was_id, stream=was_stream)
 
     def __call__(self) -> None:
         """``connection.wake`` while :meth:`frames` runs: from any thread, wake it to notice
