@@ -239,13 +239,13 @@ class Stream:
                         if (timeout is None or timeout > 0) and conn.stop_reason is None:
                             # first_of(), awaited here: an idle stream then keeps no
                             # coroutine frame of its own for the wait (272 bytes).
-                            waiter, wake, alarm = arm_first_of(fut, timeout, alarms)
+                            waiter, alarm = arm_first_of(fut, timeout, alarms)
                             self._waiter = waiter
                             try:
                                 await waiter
                             finally:
                                 self._waiter = None
-                                disarm_first_of(fut, wake, alarm, alarms)
+                                disarm_first_of(fut, waiter, alarm, alarms)
                         if not fut.done() and conn.stop_reason is None:
                             if release_at is not None and time.monotonic() >= release_at:
                                 release_pending = False

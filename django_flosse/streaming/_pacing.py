@@ -8,15 +8,13 @@ allocates per event: waiting is one future and one alarm entry per wait, sharing
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ._alarms import Alarm, LoopAlarms, alarms_of
 
 __all__ = ["MIN_CHUNK_BYTES", "SHARE_FACTOR", "SHARE_LOOP_SECONDS", "SHARE_MIN_CHUNKS",
-           "arm_first_of", "cancel_requested", "disarm_first_of", "first_of", "set_done",
+           "Waiter", "arm_first_of", "cancel_requested", "disarm_first_of", "first_of", "set_done",
            "yield_to_loop"]  # fmt: skip
 
 #: The chunk cap while the event loop has other work (see ``_yield_to_loop``).
@@ -42,8 +40,16 @@ def set_done(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _set_done_on(waiter: asyncio.Future[None], _done: asyncio.Future[Any]) -> None:
-    set_done(waiter)
+class Waiter(asyncio.Future[None]):
+    """What a wait awaits, and the callback that ends it (``fut.add_done_callback(waiter)``;
+    a call once it is done does nothing). Being its own callback spares a
+    ``functools.partial`` per wait: 200 bytes fewer kept by each idle stream."""
+
+    __slots__ = ()
+
+    def __call__(self, _done: object = None) -> None:
+        if not self.done():
+            self.set_result(None)
 
 
 async def first_of(
@@ -64,41 +70,40 @@ async def first_of(
     """
     if alarms is None:
         alarms = alarms_of(asyncio.get_running_loop())
-    waiter, wake, alarm = arm_first_of(fut, timeout, alarms)
-    stop.add_done_callback(wake, context=alarms.context)
+    waiter, alarm = arm_first_of(fut, timeout, alarms)
+    stop.add_done_callback(waiter, context=alarms.context)
     try:
         await waiter
     finally:
-        stop.remove_done_callback(wake)
-        disarm_first_of(fut, wake, alarm, alarms)
+        stop.remove_done_callback(waiter)
+        disarm_first_of(fut, waiter, alarm, alarms)
 
 
 def arm_first_of(
     fut: asyncio.Future[Any],
     timeout: float | None,
     alarms: LoopAlarms | None = None,
-) -> tuple[asyncio.Future[None], Callable[[asyncio.Future[Any]], None], Alarm | None]:
+) -> tuple[Waiter, Alarm | None]:
     """A future to await, done once ``fut`` is or ``timeout`` seconds passed (complete it
     to end the wait early: :func:`first_of` does on ``stop``), with what
     :func:`disarm_first_of` needs once it is done or the await was cancelled."""
     loop = asyncio.get_running_loop()
     if alarms is None:
         alarms = alarms_of(loop)
-    waiter: asyncio.Future[None] = loop.create_future()
-    wake = functools.partial(_set_done_on, waiter)
-    fut.add_done_callback(wake, context=alarms.context)
+    waiter = Waiter(loop=loop)
+    fut.add_done_callback(waiter, context=alarms.context)
     alarm = None if timeout is None else alarms.add(loop, timeout, waiter)
-    return waiter, wake, alarm
+    return waiter, alarm
 
 
 def disarm_first_of(
     fut: asyncio.Future[Any],
-    wake: Callable[[asyncio.Future[Any]], None],
+    waiter: Waiter,
     alarm: Alarm | None,
     alarms: LoopAlarms | None = None,
 ) -> None:
     """Undo :func:`arm_first_of`: ``fut`` keeps no callback, no alarm is left."""
-    fut.remove_done_callback(wake)
+    fut.remove_done_callback(waiter)
     if alarm is not None:
         (alarms or alarms_of(asyncio.get_running_loop())).cancel(alarm)
 
