@@ -31,10 +31,12 @@ connection, which made a burst of ``abroadcast()`` calls publisher-bound (benchm
 from __future__ import annotations
 
 import concurrent.futures
+import selectors
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -149,6 +151,9 @@ class Publisher:
     def _store(self, drafts: list[Draft]) -> None:
         connection = connections[self.alias]
         _start_of_request(connection)
+        if connection.vendor == "postgresql":
+            self._store_in_one_statement(connection, drafts)
+            return
         for retry in (True, False):
             kept = connection.connection  # None: this attempt opens one
             committing = False
@@ -167,6 +172,30 @@ class Publisher:
                 # commit (its outcome unknown), is the caller's error.
                 if committing or kept is None or not retry:
                     raise
+
+    def _store_in_one_statement(self, connection: BaseDatabaseWrapper, drafts: list[Draft]) -> None:
+        """PostgreSQL: ``insert`` is one statement in autocommit (see ``_pgsql``), so sending
+        it is committing it, and a connection error leaves its outcome unknown: the caller's
+        error, never retried. A kept session the server ended while idle is found before
+        sending, without a round trip: its socket has something to read (the server's
+        goodbye, or its end) where an idle session has nothing."""
+        if connection.connection is not None and _has_input(connection.connection):
+            connection.close()  # the next query opens a new one
+        try:
+            self._insert(drafts)
+        except CONNECTION_ERRORS:
+            connection.close()
+            raise
+
+
+def _has_input(raw: Any) -> bool:
+    """Whether the idle database session ``raw`` has something to read (or is gone)."""
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(raw.fileno(), selectors.EVENT_READ)
+            return bool(selector.select(0))
+    except (OSError, ValueError):  # a closed socket
+        return True
 
 
 def _start_of_request(connection: BaseDatabaseWrapper) -> None:

@@ -51,12 +51,13 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.db import IntegrityError, NotSupportedError, connections, transaction
+from django.db import DatabaseError, IntegrityError, NotSupportedError, connections, transaction
 from django.db.models import F
 
 from ...conf import Config
 from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
+from . import _pgsql
 from ._outage import Outage
 from ._pglisten import CHANNEL, Listener, listen_params
 from ._publisher import Publisher
@@ -444,15 +445,26 @@ def _closed() -> RuntimeError:
 
 # -- publishing (any thread) ------------------------------------------------------------------
 def _store(alias: str, drafts: Sequence[Draft], config: Config) -> None:
+    connection = connections[alias]
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        _insert(alias, drafts, config)  # one statement: its own transaction
+        return
     with transaction.atomic(using=alias):
         _insert(alias, drafts, config)
 
 
 def _insert(alias: str, drafts: Sequence[Draft], config: Config) -> None:
-    """Store ``drafts`` in the transaction the caller opened: topic after topic in sorted
-    order, each topic's drafts in call order. Two transactions of several topics each (the
-    publisher's group commits) thus lock their topic rows in one order, and the trims come
-    after every row lock is taken: they never wait for each other in a cycle."""
+    """Store ``drafts``: on PostgreSQL with one statement (see ``_pgsql``), in the caller's
+    transaction if one is open, else in its own; on another database in the transaction the
+    caller opened, topic after topic in sorted order, each topic's drafts in call order. Two
+    transactions of several topics each (the publisher's group commits) thus lock their
+    topic rows in one order, and the trims come after every row lock is taken: they never
+    wait for each other in a cycle."""
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        heads = _pgsql.store(connection, drafts, CHANNEL)
+        _trim_due(alias, drafts, heads, config, committed=not connection.in_atomic_block)
+        return
     topic_model, message_model = _models()
     topics = topic_model.objects.using(alias)
     trims: dict[str, tuple[int, float]] = {}
@@ -468,11 +480,33 @@ def _insert(alias: str, drafts: Sequence[Draft], config: Config) -> None:
             trims[draft.topic] = (position, draft.published_at)
     for topic, (position, now) in trims.items():
         _trim(alias, topic, position, now, config)
-    connection = connections[alias]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            for topic in dict.fromkeys(draft.topic for draft in drafts):
-                cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, topic])
+
+
+def _trim_due(
+    alias: str,
+    drafts: Sequence[Draft],
+    heads: dict[str, _pgsql.Head],
+    config: Config,
+    *,
+    committed: bool,
+) -> None:
+    """The trims of the topics whose position passed a multiple of ``TRIM_EVERY`` (at most
+    one per topic: the last multiple). After the commit (``committed``), a failed trim is
+    logged, not raised: the events are published, and the caller must not publish them
+    again; the topic's next multiple trims what this one left."""
+    for topic, (head, count) in heads.items():
+        upto = head // TRIM_EVERY * TRIM_EVERY
+        if upto <= head - count:
+            continue
+        ours = [draft for draft in drafts if draft.topic == topic]
+        now = ours[upto - (head - count) - 1].published_at  # the draft at position upto
+        if not committed:
+            _trim(alias, topic, upto, now, config)
+            continue
+        try:
+            _trim(alias, topic, upto, now, config)
+        except DatabaseError as exc:
+            get_logger().warning(BROADCAST_BACKEND_ERROR, part="trim", error=str(exc))
 
 
 def _next_position(alias: str, topics: Any, topic: str) -> int:
