@@ -18,13 +18,14 @@ from functools import partial
 from typing import Any
 
 import pytest
-from django.db import DataError, connections, transaction
+from django.db import DataError, OperationalError, connections, transaction
 from django.db.backends.signals import connection_created
 from django.test import override_settings
+from structlog.testing import capture_logs
 
 from django_flosse import abroadcast, broadcast
 from django_flosse.broadcasting._messages import Draft, make_draft
-from django_flosse.broadcasting.backends import _publisher, close_backend, get_backend
+from django_flosse.broadcasting.backends import _publisher, _store, close_backend, get_backend
 from django_flosse.broadcasting.backends.database import TRIM_EVERY, DatabaseBackend
 from django_flosse.models import BroadcastMessage, BroadcastTopic
 from tests.support.broadcast import WAIT, pg_alias
@@ -167,6 +168,25 @@ def test_the_publish_that_passes_a_multiple_of_trim_every_trims_after_it() -> No
     positions = [position for position, _ in stored("pgsql-trim")]
     assert positions == list(range(TRIM_EVERY - HISTORY + 1, TRIM_EVERY + 5))
     assert head("pgsql-trim") == TRIM_EVERY + 4
+
+
+def test_a_trim_that_fails_after_the_commit_is_logged_and_the_publish_succeeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The events are stored when the trim runs: raising would tell the caller (and the
+    publisher's per-call retry of a failed batch) that they were not, and publish them twice."""
+
+    def broken(*args: Any) -> None:
+        raise OperationalError("the trim failed")
+
+    backend().publish([draft("pgsql-trim-fails", str(n)) for n in range(TRIM_EVERY - 1)])
+    monkeypatch.setattr(_store, "_trim", broken)
+    with capture_logs() as logs:
+        run(abroadcast("pgsql-trim-fails", "the multiple"))
+    assert stored("pgsql-trim-fails")[-1] == (TRIM_EVERY, "the multiple")
+    assert len(stored("pgsql-trim-fails")) == TRIM_EVERY  # once, and nothing trimmed
+    (line,) = [entry for entry in logs if entry.get("part") == "trim"]
+    assert line["event"] == "sse.broadcast.backend_error" and "the trim failed" in line["error"]
 
 
 # --------------------------------------------------------------------------- concurrency
