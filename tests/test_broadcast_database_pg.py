@@ -152,6 +152,28 @@ def test_a_batch_of_several_topics_is_one_statement() -> None:
     assert stored("pgsql-b") == [(1, "b1"), (2, "b2")]
 
 
+def test_a_sync_broadcast_after_the_server_ended_the_session_reconnects(
+    postgres: PostgresCluster,
+) -> None:
+    """A worker or script publishing with ``broadcast()`` has no request cycle that would
+    drop a broken connection: the failed call drops it, and the next one reconnects."""
+    broadcast("pgsql-ended", "before")
+    pid = connections["pg"].connection.info.backend_pid
+    with postgres.connect(autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+        gone = wait_until(
+            lambda: (
+                not conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+            ),
+            WAIT,
+        )
+    assert gone is not None
+    with pytest.raises(OperationalError):
+        broadcast("pgsql-ended", "lost with the session")
+    broadcast("pgsql-ended", "after")
+    assert stored("pgsql-ended") == [(1, "before"), (2, "after")]
+
+
 # --------------------------------------------------------------------------- trimming
 def test_the_publish_that_passes_a_multiple_of_trim_every_trims_after_it() -> None:
     publish = backend().publish

@@ -37,7 +37,15 @@ def models() -> tuple[Any, Any]:
 def store(alias: str, drafts: Sequence[Draft], config: Config) -> None:
     connection = connections[alias]
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        insert(alias, drafts, config)  # one statement: its own transaction
+        try:
+            insert(alias, drafts, config)  # one statement: its own transaction
+        except DatabaseError:
+            # What atomic() does when its rollback fails: a broken connection is dropped,
+            # so that the next call opens a new one (a script or a worker has no request
+            # cycle to do it, and would fail on the dead one for ever).
+            if connection.connection is not None and not connection.is_usable():
+                connection.close()
+            raise
         return
     with transaction.atomic(using=alias):
         insert(alias, drafts, config)
