@@ -28,7 +28,7 @@ import asyncio
 import concurrent.futures
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 from django.http import HttpRequest
@@ -94,7 +94,40 @@ class Subscription:
 
     # -- the two ways to iterate -----------------------------------------------------
     def __aiter__(self) -> AsyncIterator[EncodedEvent]:
-        return _AsyncEvents(self)
+        return self._async_events()
+
+    async def _async_events(self) -> AsyncIterator[EncodedEvent]:
+        self._start(asyncio.get_running_loop())
+        subscriber = self._subscriber
+        assert subscriber is not None
+        queue = subscriber.queue
+        try:
+            reply: Any = _NOTHING
+            while True:
+                action = self._step(reply)
+                reply = _NOTHING
+                if action is _WAIT:
+                    await subscriber.wait_async()
+                elif action is _END:
+                    return
+                elif isinstance(action, concurrent.futures.Future):
+                    # Answered already (the memory backend's are): no trip through the loop.
+                    done = action.done()
+                    reply = action.result() if done else await asyncio.wrap_future(action)
+                else:
+                    yield action
+                    # The rest of what the fan-out queued, taken as _step takes it, without
+                    # its other checks per event: one fan-out batch is hundreds of events.
+                    while (
+                        queue
+                        and not (self._ready or subscriber.closed)
+                        and (self._catching_up is None)
+                    ):
+                        event = self._live(queue.popleft())
+                        if event is not None:
+                            yield event
+        finally:
+            self.close()
 
     def __iter__(self) -> Iterator[EncodedEvent]:
         self._start(None)
@@ -300,121 +333,3 @@ class Subscription:
             topics=list(self.topics),
             why=why,
         )
-
-
-class _AsyncEvents:
-    """A subscription's async iterator: ``__anext__()`` returns this object itself, and
-    each ``await`` of it runs :meth:`Subscription._step` directly.
-
-    Why not an async generator: each of its ``__anext__()`` makes an awaitable object, and
-    waiting took a coroutine more; both live while the subscriber is idle, so with
-    thousands of subscribers every event pushed thousands of them into the garbage
-    collector's oldest generation, whose full collections are what made p99 several times
-    p50. Here an idle subscriber holds one future (the one the fan-out completes) and
-    nothing else; a ready event returns without suspending, as a generator's would.
-    """
-
-    __slots__ = ("_ended", "_pending", "_read", "_started", "_subscription")
-
-    def __init__(self, subscription: Subscription) -> None:
-        self._subscription = subscription
-        self._pending: asyncio.Future[Any] | None = None  # what the last send waits on
-        self._read = False  # the pending future is a backend read (its result is the reply)
-        self._ended = False
-        self._started = False
-
-    def __aiter__(self) -> _AsyncEvents:
-        return self
-
-    def __anext__(self) -> Awaitable[EncodedEvent]:
-        return self
-
-    def __await__(self) -> Generator[Any, None, EncodedEvent]:
-        return self  # type: ignore[return-value]  # a generator by protocol: send, throw
-
-    def __next__(self) -> Any:
-        return self.send(None)
-
-    def send(self, _value: Any) -> Any:
-        """Resume: the next event (``StopIteration``), or a future to wait for."""
-        subscription = self._subscription
-        if self._ended:
-            raise StopAsyncIteration
-        subscriber = subscription._subscriber
-        if not self._started:
-            # _start raises for a subscription iterated already: that iteration goes on.
-            subscription._start(asyncio.get_running_loop())
-            self._started = True
-            subscriber = subscription._subscriber
-        assert subscriber is not None
-        reply: Any = _NOTHING
-        pending = self._pending
-        try:
-            if pending is not None:
-                self._pending = None
-                if self._read:
-                    self._read = False
-                    reply = pending.result()  # a failed read raises here, as it did there
-            elif (
-                subscriber.queue
-                and subscription._catching_up is None
-                and not (subscription._ready or subscriber.closed)
-            ):
-                # The rest of what the fan-out queued, taken as _step takes it, without its
-                # other checks per event: one fan-out batch is hundreds of events.
-                event = subscription._live(subscriber.queue.popleft())
-                if event is not None:
-                    raise StopIteration(event)
-            while True:
-                action = subscription._step(reply)
-                reply = _NOTHING
-                if action is _WAIT:
-                    assert subscriber.loop is not None
-                    waiter = subscriber.waiter = subscriber.loop.create_future()
-                    if subscriber.has_news():  # another thread closed it meanwhile
-                        continue
-                    return self._wait_on(waiter, read=False)
-                if action is _END:
-                    raise StopAsyncIteration
-                if isinstance(action, concurrent.futures.Future):
-                    # Answered already (the memory backend's are): no trip through the loop.
-                    if action.done():
-                        reply = action.result()
-                        continue
-                    return self._wait_on(asyncio.wrap_future(action), read=True)
-                raise StopIteration(action)
-        except (StopIteration, GeneratorExit):
-            raise
-        except BaseException:  # StopAsyncIteration included: ended for good
-            self._end()
-            raise
-
-    def _wait_on(self, future: asyncio.Future[Any], read: bool) -> asyncio.Future[Any]:
-        self._pending, self._read = future, read
-        future._asyncio_future_blocking = True  # what Future.__await__ says to a task
-        return future
-
-    def throw(
-        self, kind: Any, value: BaseException | None = None, traceback: Any = None
-    ) -> Any:
-        """An exception at the ``await`` (a cancellation): the subscription ends with it."""
-        if value is None:
-            value = kind() if isinstance(kind, type) else kind
-        assert value is not None
-        pending, self._pending = self._pending, None
-        if self._read and pending is not None:
-            pending.cancel()
-        self._end()
-        raise value.with_traceback(traceback) if traceback is not None else value
-
-    def close(self) -> None:
-        """The ``await`` was abandoned (its coroutine closed): the subscription ends."""
-        self._end()
-
-    async def aclose(self) -> None:
-        self._end()
-
-    def _end(self) -> None:
-        self._ended = True
-        self._pending = None
-        self._subscription.close()
