@@ -7,6 +7,7 @@ views with mocks shaped like a request) must still give a connection.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -21,7 +22,14 @@ from django.urls import resolve
 
 from django_flosse.conf import get_config
 from django_flosse.observing.registry import Connection, registry
-from django_flosse.streaming._clients import MAX_HEADER_LENGTH, client_ip, connection_for
+from django_flosse.streaming import _clients
+from django_flosse.streaming._clients import (
+    MAX_HEADER_LENGTH,
+    attach_to_request,
+    client_ip,
+    connection_for,
+    connection_of,
+)
 from tests import views
 from tests.support.responses import close_response
 
@@ -182,3 +190,32 @@ def test_request_doubles_give_an_empty_connection(request_double: Any) -> None:
     assert (connection.stream, connection.path, connection.route) == ("clients.unit", "", "")
     assert (connection.client_ip, connection.user_agent, connection.last_event_id) == (None, "", "")
     assert connection.process == f"{socket.gethostname()}:{os.getpid()}"
+
+
+def test_subscribe_finds_the_connection_of_its_request_without_an_attribute_on_it(
+    rf: RequestFactory,
+) -> None:
+    """The connection is found from the request, for as long as the request lives, without
+    growing the request's ``__dict__`` (an attribute beyond those its class's instances
+    share makes the dict 768 bytes bigger for the connection's whole life)."""
+    request = rf.get("/s/")
+    other = rf.get("/s/")
+    attributes = set(vars(request))
+    connection = Connection(id="c1", stream="clients.unit")
+    attach_to_request(request, connection)
+    assert connection_of(request) is connection
+    assert connection_of(other) is None
+    assert set(vars(request)) == attributes
+    del request
+    gc.collect()  # a request may sit in a reference cycle, like Django's
+    assert all(kept is not connection for kept in _clients._CONNECTIONS.values())
+
+
+class _NoWeakReference:
+    __slots__ = ()
+
+
+def test_a_request_double_that_takes_no_weak_reference_has_no_connection() -> None:
+    double = _NoWeakReference()
+    attach_to_request(double, Connection(id="c2", stream="clients.unit"))  # type: ignore[arg-type]
+    assert connection_of(double) is None  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,8 @@ from django_flosse import reasons
 from django_flosse.events import KEEPALIVE, encode_event
 from django_flosse.observing.registry import Connection, Registry
 from django_flosse.streaming import _lifecycle, _pacing
-from django_flosse.streaming._frames import ERROR_MESSAGE
+from django_flosse.streaming._alarms import alarms_of
+from django_flosse.streaming._frames import ERROR_MESSAGE, final_frame
 from django_flosse.streaming._lifecycle import MAX_CHUNK_BYTES, Stream
 from django_flosse.streaming._pacing import MIN_CHUNK_BYTES, SHARE_LOOP_SECONDS, SHARE_MIN_CHUNKS
 
@@ -445,3 +447,80 @@ async def test_bytes_sent_is_the_sum_of_the_chunk_lengths() -> None:
     assert KEEPALIVE in chunks
     assert stream.bytes_sent == sum(len(chunk) for chunk in chunks)
     assert stream.events_sent == 3
+
+
+# ------------------------------------------------------------------- asked to stop
+# The stream has no future of its own for a stop: the connection's wake hook completes its
+# idle wait, and the loop reads ``connection.stop_reason``.
+
+
+async def _stopped_stream(when: str) -> tuple[Stream, list[bytes], list[str]]:
+    """Ask a stream to stop (from another thread) ``when``: ``"idle"`` while it waits for
+    its producer, ``"sending"`` while the server holds its first chunk, ``"before"`` it
+    starts (as at shutdown)."""
+    log: list[str] = []
+    waiting = asyncio.Event()
+
+    async def producer() -> AsyncIterator[str]:
+        try:
+            yield "first"
+            waiting.set()
+            await asyncio.Event().wait()  # never set: only the stop ends the stream
+            yield "never"
+        finally:
+            log.append("producer closed")
+
+    stream = make_stream(producer(), heartbeat=30.0)
+    connection = stream.connection
+
+    def stop_from_another_thread() -> None:
+        thread = threading.Thread(target=connection.request_stop, args=(reasons.TERMINATED,))
+        thread.start()
+        thread.join()
+
+    if when == "before":
+        connection.stop_reason = reasons.SHUTDOWN  # as registry.open does while stopping
+    chunks: list[bytes] = []
+    stopper = None
+    async for chunk in stream.frames():
+        chunks.append(chunk)
+        if when == "sending" and len(chunks) == 1:
+            stop_from_another_thread()
+        elif when == "idle" and len(chunks) == 1:
+            stopper = asyncio.ensure_future(_stop_once_waiting(waiting, connection))
+    if stopper is not None:
+        await stopper
+    return stream, chunks, log
+
+
+async def _stop_once_waiting(waiting: asyncio.Event, connection: Connection) -> None:
+    await waiting.wait()  # the producer waits: so does the stream, or it is about to
+    await asyncio.to_thread(connection.request_stop, reasons.TERMINATED)
+
+
+def _final(chunk: bytes) -> bytes:
+    """A final frame without its ``retry:`` line (jittered)."""
+    return b"".join(line for line in chunk.splitlines(True) if not line.startswith(b"retry:"))
+
+
+async def test_a_stop_asked_from_another_thread_ends_an_idle_stream_with_its_reason() -> None:
+    stream, chunks, log = await asyncio.wait_for(_stopped_stream("idle"), 10)
+    assert chunks[0] == encode("first")
+    assert [_final(c) for c in chunks[1:]] == [_final(final_frame(reasons.TERMINATED))]
+    assert stream.close_reason == reasons.TERMINATED
+    assert log == ["producer closed"]
+    assert len(alarms_of(asyncio.get_running_loop())) == 0  # no wait left behind
+
+
+async def test_a_stop_asked_while_a_chunk_is_sent_ends_the_stream_after_it() -> None:
+    stream, chunks, log = await asyncio.wait_for(_stopped_stream("sending"), 10)
+    assert chunks[0] == encode("first")
+    assert [_final(c) for c in chunks[1:]] == [_final(final_frame(reasons.TERMINATED))]
+    assert stream.close_reason == reasons.TERMINATED
+    assert log == ["producer closed"]
+
+
+async def test_a_stop_asked_before_the_stream_starts_ends_it_at_once() -> None:
+    stream, chunks, _ = await asyncio.wait_for(_stopped_stream("before"), 10)
+    assert [_final(c) for c in chunks] == [_final(final_frame(reasons.SHUTDOWN))]
+    assert stream.close_reason == reasons.SHUTDOWN

@@ -182,6 +182,23 @@ async def test_logs_inside_an_async_view_under_asgi_carry_the_connection(
     assert "connection_id" not in structlog.contextvars.get_contextvars()
 
 
+async def test_what_the_caller_had_bound_is_bound_again_after_the_stream(
+    rf: RequestFactory,
+) -> None:
+    """A project that binds ``stream`` itself (a middleware, say) gets its value back."""
+    structlog.contextvars.bind_contextvars(stream="the project's")
+    try:
+        with structlog.testing.capture_logs(processors=[merge_contextvars]) as logs:
+            response = await views.obs_async_logs_inside(rf.get("/obs/async-logs-inside/"))
+            chunks = [chunk async for chunk in response.streaming_content]  # type: ignore[attr-defined]
+        assert b"".join(chunks).count(b"data:") == 2
+        inside = [e for e in logs if e["event"].startswith("view.async.")]
+        assert {e["stream"] for e in inside} == {"obs.async_logs_inside"}
+        assert structlog.contextvars.get_contextvars() == {"stream": "the project's"}
+    finally:
+        structlog.contextvars.unbind_contextvars("stream")
+
+
 @pytest.mark.parametrize(
     ("url", "stream"),
     [("/obs/count/?n=100", "obs.count"), ("/obs/async-count/?n=100", "obs.async_count")],

@@ -118,6 +118,26 @@ async def test_cancelling_the_wait_cancels_neither_future() -> None:
     assert live_alarms() == 0
 
 
+async def test_everything_that_ends_a_wait_at_once_ends_it_once_and_quietly() -> None:
+    """The wait's future is its own callback: the producer's future and the stop both done
+    before the wait resumes call it twice, which raises nothing."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        fut, stop = CountingFuture(), CountingFuture()
+        waiting = asyncio.ensure_future(first_of(fut, stop, timeout=DEADLINE))
+        await asyncio.sleep(0)  # it waits now
+        set_done(fut)
+        set_done(stop)
+        await asyncio.wait_for(waiting, DEADLINE)
+        await asyncio.sleep(0)  # any callback still queued runs
+        assert errors == []
+        assert live_alarms() == 0
+    finally:
+        loop.set_exception_handler(None)
+
+
 def test_set_done_is_idempotent() -> None:
     loop = asyncio.new_event_loop()
     try:

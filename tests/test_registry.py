@@ -122,6 +122,25 @@ def test_close_counts_once_with_the_first_reason() -> None:
 
 
 @no_settings_observers
+def test_on_close_callbacks_run_once_at_the_close_and_cost_nothing_until_added() -> None:
+    """A connection that never subscribes keeps no list for them (56 bytes each)."""
+    reg = Registry()
+    quiet, subscribed = new_connection(), new_connection()
+    calls: list[str] = []
+    subscribed.on_close.append(lambda: calls.append("first"))
+    subscribed.on_close.append(lambda: calls.append("second"))
+    for connection in (quiet, subscribed):
+        assert reg.open(connection) is None
+    assert subscribed.snapshot().close_callbacks() == ()  # a copy calls nothing
+    for connection in (quiet, subscribed):
+        assert reg.close(connection, reasons.COMPLETED) is True
+        reg.close(connection, reasons.COMPLETED)  # counts nothing, calls nothing
+    assert calls == ["first", "second"]
+    assert quiet.close_callbacks() == ()
+    assert quiet._on_close is None  # nothing asked for the list: none was made
+
+
+@no_settings_observers
 def test_unknown_close_reason_raises_and_leaves_the_connection_open() -> None:
     reg = Registry()
     connection = new_connection()

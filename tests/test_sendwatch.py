@@ -74,11 +74,28 @@ async def test_one_timer_per_loop_however_many_streams_and_none_when_idle() -> N
     for event in events:
         await event.wait()
     watch = _watches[asyncio.get_running_loop()]
-    assert len(watch._watched) == 50
+    assert len(watch) == 50
     assert watch._timer is not None
     assert watch._period == 0.2  # the shortest timeout sets the pace
 
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    assert watch._watched == {} and watch._timer is None
+    assert len(watch) == 0 and watch._timer is None
+
+
+async def test_each_stream_is_held_to_its_own_timeout() -> None:
+    patient, impatient = FakeSender(), FakeSender()
+    started = asyncio.Event(), asyncio.Event()
+    patient_task = asyncio.create_task(held_in_send(patient, 30.0, started[0]))
+    impatient_task = asyncio.create_task(held_in_send(impatient, 0.2, started[1]))
+    await started[0].wait()
+    await started[1].wait()
+    patient.sending_since = impatient.sending_since = time.monotonic()  # both stuck
+
+    assert await asyncio.wait_for(impatient_task, 10) == "cancelled"
+    assert impatient.connection.stop_reason == "timeout"
+    assert not patient_task.done() and patient.connection.stop_reason is None
+    assert len(_watches[asyncio.get_running_loop()]) == 1
+    patient_task.cancel()
+    await asyncio.gather(patient_task, return_exceptions=True)

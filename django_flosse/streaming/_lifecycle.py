@@ -19,7 +19,6 @@ turn after every chunk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import secrets
 import time
@@ -53,8 +52,9 @@ from ._pacing import (
     MIN_CHUNK_BYTES,
     SHARE_LOOP_SECONDS,
     SHARE_MIN_CHUNKS,
+    arm_first_of,
     cancel_requested,
-    first_of,
+    disarm_first_of,
     set_done,
     yield_to_loop,
 )
@@ -80,12 +80,13 @@ class Stream:
     # One per open connection, for its whole life: no per-instance __dict__.
     __slots__ = (
         "_encode", "_first", "_gzip", "_heartbeat", "_loop", "_max_duration", "_registry",
-        "_release_db_when_idle", "_send_timeout", "_source", "_stop", "connection",
+        "_release_db_when_idle", "_send_timeout", "_source", "_waiter", "connection",
         "on_private_loop", "sending_since", "started",
     )  # fmt: skip
-    # Set by frames(), for _wake().
+    # Set by frames(), for __call__() (the wake hook): its loop, and what it awaits while
+    # idle (None otherwise).
     _loop: asyncio.AbstractEventLoop
-    _stop: asyncio.Future[None]
+    _waiter: asyncio.Future[None] | None
 
     def __init__(
         self,
@@ -175,14 +176,13 @@ class Stream:
         size = len(self._first)
         last_sent = time.monotonic()
         reason = reasons.CANCELLED
-        # Another thread may ask this stream to stop (terminate, shutdown): it wakes us.
+        # Another thread may ask this stream to stop (terminate, shutdown): it sets
+        # conn.stop_reason, then wakes us (__call__). No future of its own for that (it
+        # would be kept for the connection's whole life): the wake completes the idle wait.
         loop = asyncio.get_running_loop()
-        stop: asyncio.Future[None] = loop.create_future()
-        self._loop, self._stop = loop, stop
-        conn.wake = self._wake
+        self._loop, self._waiter = loop, None
+        conn.wake = self  # __call__: a bound method (self._wake) would be 64 bytes more
         alarms = alarms_of(loop)  # the timeouts of its waits (heartbeat, idle release)
-        if conn.stop_reason is not None:
-            stop.set_result(None)
         # Per connection, never per event: the maximum duration, the send watchdog.
         limit = None
         if self._max_duration is not None:
@@ -208,7 +208,13 @@ class Stream:
         busy_at = -SHARE_LOOP_SECONDS  # when a turn of the loop last showed other work
         quiet_chunks = SHARE_MIN_CHUNKS  # chunks sent since then
         # Anything the view logs while it streams carries the connection id and stream.
-        bound = structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
+        # Restored at the end by binding what was bound before (Ellipsis: nothing), not by
+        # the tokens bind_contextvars returns: they would be kept for the connection's
+        # whole life (two tokens and their dict, 312 bytes).
+        was_bound = structlog.contextvars.get_contextvars()
+        was_id, was_stream = was_bound.get("connection_id", ...), was_bound.get("stream", ...)
+        del was_bound
+        structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
         try:
             finished = False
             while True:
@@ -230,9 +236,17 @@ class Stream:
                         if release_at is not None and (wake_at is None or release_at < wake_at):
                             wake_at = release_at
                         timeout = None if wake_at is None else wake_at - now
-                        if timeout is None or timeout > 0:
-                            await first_of(fut, stop, timeout, alarms)
-                        if not fut.done() and not stop.done():
+                        if (timeout is None or timeout > 0) and conn.stop_reason is None:
+                            # first_of(), awaited here: an idle stream then keeps no
+                            # coroutine frame of its own for the wait (272 bytes).
+                            waiter, alarm = arm_first_of(fut, timeout, alarms)
+                            self._waiter = waiter
+                            try:
+                                await waiter
+                            finally:
+                                self._waiter = None
+                                disarm_first_of(fut, waiter, alarm, alarms)
+                        if not fut.done() and conn.stop_reason is None:
                             if release_at is not None and time.monotonic() >= release_at:
                                 release_pending = False
                                 await arelease_while_idle()
@@ -256,7 +270,7 @@ class Stream:
                             out.append(encode(item) if encode is not None else item)
                             size += len(out[-1])
                             conn.events_sent += 1
-                if stop.done():
+                if conn.stop_reason is not None:
                     break
                 # Pull every item that is ready now, up to one chunk.
                 began = time.monotonic()
@@ -290,7 +304,7 @@ class Stream:
                         await arelease_while_idle()
                     if heartbeat is not None:
                         last_sent = time.monotonic()
-                if finished or stop.done():
+                if finished or conn.stop_reason is not None:
                     break
                 if not step.blocked():
                     # More is ready (the chunk was full) or the producer asked for a loop
@@ -308,7 +322,7 @@ class Stream:
                         or time.monotonic() - busy_at < SHARE_LOOP_SECONDS
                     )
                     cap = MIN_CHUNK_BYTES if shared else MAX_CHUNK_BYTES
-            if stop.done():  # asked to stop: terminated, shutdown or timeout
+            if conn.stop_reason is not None:  # asked to stop: terminated, shutdown, timeout
                 reason = conn.stop_reason or reasons.TERMINATED
                 await self._cancel_producer(step)
                 out.append(final_frame(reason))
@@ -345,15 +359,16 @@ class Stream:
                 try:
                     self.close(reason)
                 finally:  # even if an observer's error escaped the close
-                    # (On Python 3.10's private loop each step had its own context: nothing
-                    # to reset.)
-                    with contextlib.suppress(ValueError):
-                        structlog.contextvars.reset_contextvars(**bound)
+                    structlog.contextvars.bind_contextvars(connection_id=was_id, stream=was_stream)
 
-    def _wake(self) -> None:
+    def __call__(self) -> None:
         """``connection.wake`` while :meth:`frames` runs: from any thread, wake it to notice
         the connection's ``stop_reason``."""
-        self._loop.call_soon_threadsafe(set_done, self._stop)
+        self._loop.call_soon_threadsafe(self._end_wait)
+
+    def _end_wait(self) -> None:
+        if self._waiter is not None:
+            set_done(self._waiter)
 
     def _count(self, chunk: bytes) -> bytes:
         if self._gzip is not None:

@@ -34,18 +34,28 @@ class _LoopWatch:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._watched: dict[Sender, tuple[asyncio.Task[object], float]] = {}
+        # The watched streams' tasks, by timeout (a handful of distinct values): a stream is
+        # watched for its whole life, and a (task, timeout) tuple each would be 64 bytes.
+        self._watched: dict[float, dict[Sender, asyncio.Task[object]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._period = 0.0
 
+    def __len__(self) -> int:
+        """How many streams are watched."""
+        return sum(len(senders) for senders in self._watched.values())
+
     def add(self, sender: Sender, task: asyncio.Task[object], timeout: float) -> None:
-        self._watched[sender] = (task, timeout)
+        self._watched.setdefault(timeout, {})[sender] = task
         # Check twice per timeout, so a stuck send ends between 1x and 1.5x its timeout.
         if self._timer is None or timeout / 2 < self._period:
             self._arm(timeout / 2)
 
     def discard(self, sender: Sender) -> None:
-        self._watched.pop(sender, None)
+        for timeout, senders in self._watched.items():
+            if senders.pop(sender, None) is not None:
+                if not senders:
+                    del self._watched[timeout]
+                break
         if not self._watched and self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -59,16 +69,17 @@ class _LoopWatch:
     def _check(self) -> None:
         self._timer = None
         now = time.monotonic()
-        for sender, (task, timeout) in list(self._watched.items()):
-            since = sender.sending_since
-            if since is not None and now - since > timeout:
-                # The server has held a chunk too long: the client stopped reading.
-                # Cancelling the send is the only way out of it.
-                self._watched.pop(sender)
-                sender.connection.request_stop(reasons.TIMEOUT)
-                task.cancel()
+        for timeout, senders in list(self._watched.items()):
+            for sender, task in list(senders.items()):
+                since = sender.sending_since
+                if since is not None and now - since > timeout:
+                    # The server has held a chunk too long: the client stopped reading.
+                    # Cancelling the send is the only way out of it.
+                    self.discard(sender)
+                    sender.connection.request_stop(reasons.TIMEOUT)
+                    task.cancel()
         if self._watched:
-            self._arm(min(timeout for _, timeout in self._watched.values()) / 2)
+            self._arm(min(self._watched) / 2)
 
 
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWatch] = (

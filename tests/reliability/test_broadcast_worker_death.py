@@ -71,9 +71,13 @@ async def test_a_killed_worker_s_subscribers_resume_on_the_survivor_exactly(
     home = {f: doomed if i < DOOMED else survivor for i, f in enumerate(followers)}
     moved = followers[:DOOMED]
 
+    killed: list[float] = []  # set just before the SIGKILL
+
+    # By the test's own knowledge, not the process's exit status: the kernel closes the
+    # dying worker's sockets before ``poll()`` sees it exit, so a client that reconnected in
+    # between would try the dead port once (a third connection: failed once in ten runs).
     def route(f: Follower) -> int:
-        server = home[f]
-        return survivor.port if server.returncode is not None else server.port
+        return survivor.port if killed or home[f] is survivor else doomed.port
 
     stop = asyncio.Event()
     tasks = [asyncio.ensure_future(f.run(route, stop)) for f in followers]
@@ -88,7 +92,7 @@ async def test_a_killed_worker_s_subscribers_resume_on_the_survivor_exactly(
         )
         assert written, history_rows(own_postgres.connect, process)
         before = {f: len(f.received) for f in moved}
-        killed = time.monotonic()
+        killed.append(time.monotonic())
         doomed.send_signal(signal.SIGKILL)
         await asyncio.to_thread(doomed.wait, WAIT)
 
@@ -97,14 +101,14 @@ async def test_a_killed_worker_s_subscribers_resume_on_the_survivor_exactly(
 
         back = await wait_for(lambda: all(resumed(f) for f in moved), WAIT)
         assert back, [(f.path, f.connections, f.errors) for f in moved if not resumed(f)][:5]
-        recovery = time.monotonic() - killed
+        recovery = time.monotonic() - killed[0]
         all_lost = await wait_for(
             lambda: history_rows(own_postgres.connect, process) == {"lost": DOOMED},
             WAIT,
             interval=0.2,
         )
         assert all_lost, history_rows(own_postgres.connect, process)
-        lost_after = time.monotonic() - killed
+        lost_after = time.monotonic() - killed[0]
         await asyncio.to_thread(publisher.finish, WAIT)
         history, positions = await asyncio.to_thread(table_history, own_postgres.connect, TOPICS)
         last = {topic: events[-1] for topic, events in history.items()}

@@ -13,17 +13,21 @@ connection, which made a burst of ``abroadcast()`` calls publisher-bound (benchm
   ``CONN_MAX_AGE = 0`` (Django's default: one connection per request) a burst of publishes
   counts as one request: the idle time ends it.
 - **Group commit**: the calls queued while the thread was busy (at most ``MAX_BATCH``) are
-  stored in one transaction: one commit (one disk flush) and one notification per topic for
-  the lot. Each topic's positions follow the call order; the store locks the topic rows in
-  sorted order, so that two processes' batches never wait for each other in a cycle.
+  stored in one transaction (on PostgreSQL one statement): one commit (one disk flush) and
+  one notification per topic for the lot. Each topic's positions follow the call order;
+  the store locks the topic rows in sorted order, so that two processes' batches never
+  wait for each other in a cycle.
 - **Failures reach their own caller.** A batch the database refuses for another reason than
   its connection (a draft PostgreSQL cannot store, such as text with a NUL character) is
   stored again call by call: only the bad call raises. A connection error fails every call
-  of its batch with that error (nothing of it was published), and the connection is closed:
+  of its batch with that error (nothing of it was published, unless the connection broke
+  while committing: its outcome is unknown then, and never retried), and it is closed:
   the next publish opens a new one (PostgreSQL back after a restart). A kept connection
-  found dead before anything was committed (the server restarted or ended the session while
-  it was idle) is replaced at once, and the batch tried once more: a new connection per
-  publish never showed that failure, a kept one must not either.
+  the server ended while it was idle (a restart, an idle timeout) is replaced without
+  failing the batch: a new connection per publish never showed that failure, a kept one
+  must not either. On PostgreSQL a batch is one statement in autocommit (``_pgsql``), whose
+  sending is its commit: the dead session is found before, without a round trip. On other
+  databases the batch is tried once more if nothing of it was sent for commit.
 - ``close()`` refuses new calls; the thread stores what was queued, closes its connection
   (from its own thread, as Django wants) and ends.
 """
@@ -31,10 +35,12 @@ connection, which made a burst of ``abroadcast()`` calls publisher-bound (benchm
 from __future__ import annotations
 
 import concurrent.futures
+import selectors
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -62,7 +68,8 @@ class _Call:
 
 class Publisher:
     """Stores the calls of :meth:`submit` on database ``alias``: ``insert(drafts)`` runs
-    inside a transaction the publisher opens. ``closed()`` is the error once closed."""
+    inside a transaction the publisher opens, or on PostgreSQL in autocommit (it must be one
+    statement there: its own transaction). ``closed()`` is the error once closed."""
 
     def __init__(
         self,
@@ -149,6 +156,9 @@ class Publisher:
     def _store(self, drafts: list[Draft]) -> None:
         connection = connections[self.alias]
         _start_of_request(connection)
+        if connection.vendor == "postgresql":
+            self._store_in_one_statement(connection, drafts)
+            return
         for retry in (True, False):
             kept = connection.connection  # None: this attempt opens one
             committing = False
@@ -167,6 +177,30 @@ class Publisher:
                 # commit (its outcome unknown), is the caller's error.
                 if committing or kept is None or not retry:
                     raise
+
+    def _store_in_one_statement(self, connection: BaseDatabaseWrapper, drafts: list[Draft]) -> None:
+        """PostgreSQL: ``insert`` is one statement in autocommit (see ``_pgsql``), so sending
+        it is committing it, and a connection error leaves its outcome unknown: the caller's
+        error, never retried. A kept session the server ended while idle is found before
+        sending, without a round trip: its socket has something to read (the server's
+        goodbye, or its end) where an idle session has nothing."""
+        if connection.connection is not None and _has_input(connection.connection):
+            connection.close()  # the next query opens a new one
+        try:
+            self._insert(drafts)
+        except CONNECTION_ERRORS:
+            connection.close()
+            raise
+
+
+def _has_input(raw: Any) -> bool:
+    """Whether the idle database session ``raw`` has something to read (or is gone)."""
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(raw.fileno(), selectors.EVENT_READ)
+            return bool(selector.select(0))
+    except (OSError, ValueError):  # a closed socket
+        return True
 
 
 def _start_of_request(connection: BaseDatabaseWrapper) -> None:

@@ -10,7 +10,8 @@ one transaction, see ``_publisher``): per event, it increments the topic's row i
 publishers of one topic are serialised and their positions commit in position order. A
 reader that has seen position 12 can therefore never miss a late 11, which a plain
 auto-increment id would allow (ids are handed out at insert, transactions commit in any
-order). On PostgreSQL the same transaction runs ``pg_notify`` (see ``_pglisten``).
+order). On PostgreSQL the same work is one statement (``_pgsql``: one round trip, its own
+transaction in autocommit), which also runs ``pg_notify`` (see ``_pglisten``).
 
 **Reading** is one thread per process, started by the first subscriber. It is the only
 thread that touches the fan-out, and it serves requests (join, leave, read) and deliveries
@@ -37,8 +38,9 @@ delay; the subscribers stay, and catch up from where the reader was.
 
 **Trimming**: when a topic's position reaches a multiple of ``TRIM_EVERY``, the publish also
 deletes that topic's events older than its last ``BROADCAST_HISTORY``, and every event
-older than ``BROADCAST_HISTORY_SECONDS``. Topic rows are kept for ever: a position is never
-reused, so an old id can never name a different event.
+older than ``BROADCAST_HISTORY_SECONDS`` (on PostgreSQL outside a transaction: after the
+publish committed, a failure logged and left to the next trim). Topic rows are kept for
+ever: a position is never reused, so an old id can never name a different event.
 """
 
 from __future__ import annotations
@@ -51,31 +53,23 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.db import IntegrityError, NotSupportedError, connections, transaction
-from django.db.models import F
+from django.db import NotSupportedError, connections
 
 from ...conf import Config
 from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
 from ._outage import Outage
-from ._pglisten import CHANNEL, Listener, listen_params
+from ._pglisten import Listener, listen_params
 from ._publisher import Publisher
+from ._store import TRIM_EVERY, insert, models, store, store_and_close
 from .base import PAGE_SIZE, Backend, Fanout, KeptPages, Page, Subscriber, done, join_at_once
 
-__all__ = ["DatabaseBackend"]
+__all__ = ["TRIM_EVERY", "DatabaseBackend"]
 
-#: A publish that brings its topic to a multiple of this trims the history.
-TRIM_EVERY = 100
 #: Topics per query when the reader reads positions.
 TOPICS_PER_QUERY = 500
 #: Seconds ``close()`` waits for each thread.
 STOP_TIMEOUT = 5.0
-
-
-def _models() -> tuple[Any, Any]:
-    from ...models import BroadcastMessage, BroadcastTopic
-
-    return BroadcastTopic, BroadcastMessage
 
 
 class DatabaseBackend(Backend):
@@ -85,7 +79,7 @@ class DatabaseBackend(Backend):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.alias = config.broadcast_database
-        self._publisher = Publisher(self.alias, lambda d: _insert(self.alias, d, config), _closed)
+        self._publisher = Publisher(self.alias, lambda d: insert(self.alias, d, config), _closed)
         self._lock = threading.Lock()  # the requests below, and starting the threads
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -124,7 +118,7 @@ class DatabaseBackend(Backend):
         if independent:
             self._publish_independently(drafts)
         else:
-            _store(self.alias, drafts, self.config)
+            store(self.alias, drafts, self.config)
         self._ring(draft.topic for draft in drafts)
 
     async def apublish(self, drafts: Sequence[Draft]) -> None:
@@ -150,7 +144,7 @@ class DatabaseBackend(Backend):
 
         def run() -> None:
             try:
-                _store_and_close(self.alias, drafts, self.config)
+                store_and_close(self.alias, drafts, self.config)
             except BaseException as exc:
                 failure.append(exc)
 
@@ -419,12 +413,12 @@ class DatabaseBackend(Backend):
 
     # -- queries (reader thread) -------------------------------------------------------------
     def _heads(self, topics: list[str]) -> dict[str, int]:
-        topic_model, _ = _models()
+        topic_model, _ = models()
         rows = topic_model.objects.using(self.alias).filter(topic__in=topics)
         return dict(rows.values_list("topic", "position"))
 
     def _messages(self, topic: str, after: int, limit: int) -> list[Message]:
-        _, message_model = _models()
+        _, message_model = models()
         rows = (
             message_model.objects.using(self.alias)
             .filter(topic=topic, position__gt=after)
@@ -440,66 +434,3 @@ class DatabaseBackend(Backend):
 
 def _closed() -> RuntimeError:
     return RuntimeError("this broadcast backend was closed (the settings changed)")
-
-
-# -- publishing (any thread) ------------------------------------------------------------------
-def _store(alias: str, drafts: Sequence[Draft], config: Config) -> None:
-    with transaction.atomic(using=alias):
-        _insert(alias, drafts, config)
-
-
-def _insert(alias: str, drafts: Sequence[Draft], config: Config) -> None:
-    """Store ``drafts`` in the transaction the caller opened: topic after topic in sorted
-    order, each topic's drafts in call order. Two transactions of several topics each (the
-    publisher's group commits) thus lock their topic rows in one order, and the trims come
-    after every row lock is taken: they never wait for each other in a cycle."""
-    topic_model, message_model = _models()
-    topics = topic_model.objects.using(alias)
-    trims: dict[str, tuple[int, float]] = {}
-    for draft in sorted(drafts, key=lambda draft: draft.topic):
-        position = _next_position(alias, topics, draft.topic)
-        message_model.objects.using(alias).create(
-            topic=draft.topic,
-            position=position,
-            body=draft.body.decode(),
-            published_at=draft.published_at,
-        )
-        if position % TRIM_EVERY == 0:
-            trims[draft.topic] = (position, draft.published_at)
-    for topic, (position, now) in trims.items():
-        _trim(alias, topic, position, now, config)
-    connection = connections[alias]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            for topic in dict.fromkeys(draft.topic for draft in drafts):
-                cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, topic])
-
-
-def _next_position(alias: str, topics: Any, topic: str) -> int:
-    """Increment ``topic``'s position and return it (see the module docstring: UPDATE
-    first, so that the position is read under the lock that orders its commit)."""
-    for _attempt in range(3):
-        if topics.filter(topic=topic).update(position=F("position") + 1):
-            return int(topics.filter(topic=topic).values_list("position", flat=True).get())
-        try:
-            with transaction.atomic(using=alias):  # a savepoint: PostgreSQL goes on after it
-                topics.create(topic=topic, position=1)
-            return 1
-        except IntegrityError:  # another publisher created it first: increment it then
-            continue
-    raise RuntimeError(f"could not create the broadcast topic row {topic!r}")
-
-
-def _trim(alias: str, topic: str, position: int, now: float, config: Config) -> None:
-    _, message_model = _models()
-    messages = message_model.objects.using(alias)
-    messages.filter(topic=topic, position__lte=position - config.broadcast_history).delete()
-    messages.filter(published_at__lt=now - config.broadcast_history_seconds).delete()
-
-
-def _store_and_close(alias: str, drafts: Sequence[Draft], config: Config) -> None:
-    """:func:`_store` from a thread that has no other use for its connection."""
-    try:
-        _store(alias, drafts, config)
-    finally:
-        connections[alias].close()
