@@ -99,15 +99,20 @@ class Subscription:
     async def _async_events(self) -> AsyncIterator[EncodedEvent]:
         self._start(asyncio.get_running_loop())
         subscriber = self._subscriber
-        assert subscriber is not None
-        queue = subscriber.queue
+        assert subscriber is not None and subscriber.loop is not None
+        queue, create_future = subscriber.queue, subscriber.loop.create_future
         try:
             reply: Any = _NOTHING
             while True:
                 action = self._step(reply)
                 reply = _NOTHING
                 if action is _WAIT:
-                    await subscriber.wait_async()
+                    # The future the fan-out completes, awaited here rather than in a
+                    # coroutine of its own: an idle subscriber holds one object less, and
+                    # every event creates one coroutine less per subscriber.
+                    waiter = subscriber.waiter = create_future()
+                    if not subscriber.has_news():  # another thread may have closed it
+                        await waiter
                 elif action is _END:
                     return
                 elif isinstance(action, concurrent.futures.Future):

@@ -156,21 +156,13 @@ class Subscriber:
         #: may take its cut at once, on the calling thread, when that cut is at or past it
         #: (see ``DatabaseBackend.join``).
         self.resumes_at: dict[str, Any] | None = None
-        self.waiter: asyncio.Future[None] | None = None  # an async subscriber waiting
+        #: The future an async subscriber waits on (made on ``loop`` by its iterator; the
+        #: fan-out completes it; once done it stays until the next wait replaces it).
+        self.waiter: asyncio.Future[None] | None = None
         self.ready = threading.Event() if loop is None else None  # a thread waiting
 
     def has_news(self) -> bool:
         return bool(self.queue) or self.overflowed or self.closed
-
-    async def wait_async(self) -> None:
-        """Until the fan-out hands over something (called on ``self.loop``)."""
-        assert self.loop is not None
-        waiter = self.waiter = self.loop.create_future()
-        try:
-            if not self.has_news():
-                await waiter
-        finally:
-            self.waiter = None
 
     def wait_sync(self, timeout: float) -> None:
         """Until the fan-out hands over something, or ``timeout`` seconds."""
@@ -183,6 +175,13 @@ class Subscriber:
         """Stop (from any thread): the fan-out drops it at its next delivery."""
         self.closed = True
         Fanout.wake([self])
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a reader thread, a sync view's thread
+        return None
 
 
 def _set_waiters(subscribers: list[Subscriber]) -> None:
@@ -268,7 +267,13 @@ class Fanout:
                 by_loop.setdefault(subscriber.loop, []).append(subscriber)
             elif subscriber.ready is not None:
                 subscriber.ready.set()
+        running = _running_loop()
         for loop, batch in by_loop.items():
+            if loop is running:
+                # Published on the subscribers' own loop (abroadcast in a view, the memory
+                # backend): complete their futures now rather than a loop turn later.
+                _set_waiters(batch)
+                continue
             # A closed loop: its subscribers are gone, nobody waits.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_set_waiters, batch)
