@@ -130,7 +130,7 @@ def _trim(alias: str, topic: str, position: int, now: float, config: Config) -> 
 
 
 def store_and_close(alias: str, drafts: Sequence[Draft], config: Config) -> None:
-    """:func:`_store` from a thread that has no other use for its connection."""
+    """:func:`store` from a thread that has no other use for its connection."""
     try:
         store(alias, drafts, config)
     finally:
