@@ -66,6 +66,9 @@ F1_PEERS: list[FanPeer] = [
     _peer("django-queue", "django", "fan_django",
           "async StreamingHttpResponse + hand-written asyncio.Queue per subscriber",
           max_subscribers=5_000),
+    _peer("django-floor", "django", "fan_floor",
+          "async StreamingHttpResponse, one future per idle subscriber, shared frames "
+          "(the floor of a Django view, not a broadcaster to use)", max_subscribers=5_000),
     _peer("sse-starlette-queue", "sse-starlette", "fan_starlette",
           "EventSourceResponse + hand-written asyncio.Queue per subscriber",
           needs=("sse_starlette",), max_subscribers=5_000),
@@ -106,6 +109,9 @@ F2_PEERS: list[FanPeer] = [
 
 #: The row every F1 ratio is taken against.
 LIMIT = "raw-asgi"
+#: The least any Django view pays per subscriber and event (a reference, like the limit:
+#: not one of the peers ours must beat).
+FLOOR = "django-floor"
 
 
 def fan_peer_named(name: str) -> FanPeer:

@@ -75,7 +75,7 @@ def test_quick_run_writes_table_and_json_and_stops_every_server(tmp_path: Path) 
     assert not [pid for row in rows.values() for pid in row["pids"] if pid_alive(pid)]
 
 
-FAN_PEERS = ("raw-asgi", "django-queue", "ours-memory", "ours-redis")
+FAN_PEERS = ("raw-asgi", "django-queue", "django-floor", "ours-memory", "ours-redis")
 
 
 @pytest.mark.timeout(150)
@@ -93,7 +93,7 @@ def test_fanout_run_delivers_every_event_once_and_stops_every_process(tmp_path: 
     table = (tmp_path / "latest.md").read_text()
     sizes = fan["sizes"]
     f1 = {row["peer"]: row for row in fan["F1"]}
-    assert set(f1) == {"raw-asgi", "django-queue", "ours-memory"}
+    assert set(f1) == {"raw-asgi", "django-queue", "django-floor", "ours-memory"}
     for name, row in f1.items():
         assert row["status"] == "ok", (name, row)
         for n in sizes["subscribers"]:
