@@ -73,8 +73,8 @@ class _StdlibBridge:
     Not a ``structlog.stdlib.BoundLogger`` over those processors, which it replaces: every
     connection logs ``sse.connection.opened`` before its first event, and the bound logger's
     machinery around the same processors (a lazy proxy, a context copy, the processor loop,
-    the dispatch by method name) was about 40% of that line's cost (bench/README.md, "The
-    open path"). A disabled level still costs one level check and no rendering.
+    the dispatch by method name) was about a fifth of that line's cost (docs/performance.md,
+    "The open path"). A disabled level still costs one level check and no rendering.
     """
 
     __slots__ = ()
