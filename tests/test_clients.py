@@ -20,7 +20,12 @@ from django.test import RequestFactory, override_settings
 from django.urls import resolve
 
 from django_flosse.conf import get_config
-from django_flosse.observing.registry import Connection, registry
+from django_flosse.observing.registry import (
+    Connection,
+    _parsed_address,
+    client_address,
+    registry,
+)
 from django_flosse.streaming._clients import (
     MAX_HEADER_LENGTH,
     attach_to_request,
@@ -150,6 +155,21 @@ def test_each_connection_gets_its_own_id(rf: RequestFactory) -> None:
     ids = {connection_for(rf.get("/"), "clients.unit", None, get_config()).id for _ in range(50)}
     assert len(ids) == 50
     assert all(len(connection_id) == 32 for connection_id in ids)  # the history's column
+    # What the admin's terminate accepts (views._CONNECTION_ID), whatever makes the ids.
+    assert all(set(connection_id) <= set("0123456789abcdef") for connection_id in ids)
+
+
+def test_a_repeated_address_is_answered_like_a_new_one() -> None:
+    """Addresses are parsed once and remembered (each connection asks): a remembered
+    answer is the same as a fresh one, bad input included, and the memory is bounded."""
+    for _ in range(3):
+        assert client_address("2001:DB8::1") == "2001:db8::1"
+        assert client_address("fe80::1%eth0") == "fe80::1"
+        assert client_address("not an address") is None
+        assert client_address("192.0.2.10") == "192.0.2.10"
+    many = [f"10.0.{i // 256}.{i % 256}" for i in range(3000)]
+    assert [client_address(a) for a in many] == many
+    assert _parsed_address.cache_info().currsize <= 1024
 
 
 @pytest.mark.parametrize(

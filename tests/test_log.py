@@ -285,3 +285,73 @@ def test_unconfigured_no_record_above_debug_per_event(
     ]
     per_event = [r for r in caplog.records if r.name.startswith("django_flosse")]
     assert len(per_event) < 100  # not even DEBUG lines per event
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+def test_unconfigured_records_name_the_code_that_logged(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stdlib record's file, line and function are those of our code that logged, not
+    of the logging machinery between them (a ``%(funcName)s`` format shows something)."""
+    caplog.set_level(logging.INFO, logger="django_flosse")
+    read_all(client.get("/obs/count/?n=1"))
+
+    opened, closed = stdlib_records(caplog)
+    assert (opened.funcName, closed.funcName) == ("connection_opened", "connection_closed")
+    assert opened.pathname.endswith("observing/log.py")
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+def test_unconfigured_opened_line_renders_what_the_project_bound(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The message is structlog's key=value rendering of the event, then what the project
+    bound with ``structlog.contextvars`` (a request id from a middleware, say)."""
+    caplog.set_level(logging.INFO, logger="django_flosse")
+    structlog.contextvars.bind_contextvars(request_id="r-7")
+    try:
+        read_all(client.get("/obs/count/?n=1", REMOTE_ADDR="192.0.2.5"))
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+
+    opened = stdlib_records(caplog)[0].getMessage()
+    connection_id = opened.split("connection_id='")[1].split("'")[0]
+    assert opened == (
+        f"event='{OPENED}' connection_id='{connection_id}' stream='obs.count' "
+        "path='/obs/count/' user_id=None client_ip='192.0.2.5' last_event_id=None "
+        "request_id='r-7'"
+    )
+
+
+class _NeverRendered:
+    def __repr__(self) -> str:
+        raise AssertionError("a line below the logger's level was rendered")
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+def test_unconfigured_lines_below_the_level_cost_no_rendering(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from django_flosse.observing.log import get_logger
+
+    caplog.set_level(logging.WARNING, logger="django_flosse")
+    get_logger().info("sse.test.quiet", value=_NeverRendered())
+    get_logger().debug("sse.test.quiet", value=_NeverRendered())
+    assert stdlib_records(caplog) == []
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+def test_unconfigured_exception_lines_carry_the_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from django_flosse.observing.log import get_logger
+
+    caplog.set_level(logging.INFO, logger="django_flosse")
+    try:
+        raise KeyError("observer broke")
+    except KeyError:
+        get_logger().exception("sse.observer.error", observer="x")
+    (record,) = stdlib_records(caplog)
+    assert record.levelno == logging.ERROR
+    assert record.getMessage() == "event='sse.observer.error' observer='x'"
+    assert record.exc_info is not None and record.exc_info[0] is KeyError

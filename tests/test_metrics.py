@@ -135,6 +135,31 @@ def test_active_counts_open_streams(rf: RequestFactory) -> None:
     assert changes["flosse_connection_duration_seconds_count"] == 3
 
 
+def test_streams_opened_in_turn_are_each_counted_on_their_own_series(
+    rf: RequestFactory,
+) -> None:
+    """The observer looks each stream's series up once: two streams opened in turn must
+    still move their own series, and only theirs."""
+    limited, counted = Samples("obs.limited_sync"), Samples("obs.count")
+    responses = []
+    try:
+        for _ in range(2):
+            responses.append(views.obs_limited_sync(rf.get("/")))
+            responses.append(views.obs_count(rf.get("/obs/count/?n=1")))
+        responses.append(views.obs_limited_sync(rf.get("/")))
+        assert limited.changes()["flosse_connections_active"] == 3
+        assert counted.changes()["flosse_connections_active"] == 2
+    finally:
+        for response in responses:
+            close_response(response)
+    for samples, opened in ((limited, 3), (counted, 2)):
+        changes = samples.changes()
+        assert "flosse_connections_active" not in changes
+        assert changes["flosse_connections_opened_total"] == opened
+        assert changes["closed:cancelled"] == opened
+        assert changes["flosse_connection_duration_seconds_count"] == opened
+
+
 async def _open_and_read(
     rf: RequestFactory, chunks: int
 ) -> tuple[HttpResponseBase, AsyncIterator[bytes], int]:

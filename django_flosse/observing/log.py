@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from structlog.contextvars import merge_contextvars
 
 if TYPE_CHECKING:
     from .registry import Connection
@@ -57,13 +58,6 @@ _STDLIB_LOGGER = logging.getLogger("django_flosse")
 _KEY_VALUES = structlog.processors.KeyValueRenderer(key_order=["event"], drop_missing=True)
 
 
-def _render_for_stdlib(logger: Any, method_name: str, event_dict: Any) -> Any:
-    exc_info = event_dict.pop("exc_info", None)
-    return (_KEY_VALUES(logger, method_name, event_dict),), {
-        "exc_info": exc_info
-    } if exc_info else {}
-
-
 def get_logger() -> Any:
     """A bound logger; resolved per call so a later ``structlog.configure`` is honoured."""
     if structlog.is_configured():
@@ -71,19 +65,48 @@ def get_logger() -> Any:
     return _STDLIB_BRIDGE
 
 
-# Used while the project has not configured structlog. filter_by_level comes first: a
-# disabled level (INFO in production, often) costs a level check, not a rendering.
-_STDLIB_BRIDGE = structlog.wrap_logger(
-    _STDLIB_LOGGER,
-    processors=[
-        structlog.stdlib.filter_by_level,
-        structlog.contextvars.merge_contextvars,
-        _render_for_stdlib,
-    ],
-    wrapper_class=structlog.stdlib.BoundLogger,
-    # Built once: a lazy proxy would bind a new logger for every line.
-    cache_logger_on_first_use=True,
-)
+class _StdlibBridge:
+    """Our lines while the project has not configured structlog: structlog's own processors
+    (the level check first, then ``merge_contextvars`` and ``KeyValueRenderer``) called
+    directly, and one stdlib record.
+
+    Not a ``structlog.stdlib.BoundLogger`` over those processors, which it replaces: every
+    connection logs ``sse.connection.opened`` before its first event, and the bound logger's
+    machinery around the same processors (a lazy proxy, a context copy, the processor loop,
+    the dispatch by method name) was about a fifth of that line's cost (docs/performance.md,
+    "The open path"). A disabled level still costs one level check and no rendering.
+    """
+
+    __slots__ = ()
+
+    def _log(self, level: int, method: str, event: str, kw: dict[str, Any]) -> None:
+        if not _STDLIB_LOGGER.isEnabledFor(level):
+            return
+        exc_info = kw.pop("exc_info", None)
+        kw["event"] = event
+        message = _KEY_VALUES(_STDLIB_LOGGER, method, merge_contextvars(None, method, kw))
+        # stacklevel 3: the record's file and line are those of the code that called info()
+        # (or warning(), ...), not this module's.
+        _STDLIB_LOGGER.log(level, message, exc_info=exc_info, stacklevel=3)
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._log(logging.DEBUG, "debug", event, kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._log(logging.INFO, "info", event, kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._log(logging.WARNING, "warning", event, kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._log(logging.ERROR, "error", event, kw)
+
+    def exception(self, event: str, **kw: Any) -> None:
+        kw.setdefault("exc_info", True)
+        self._log(logging.ERROR, "error", event, kw)
+
+
+_STDLIB_BRIDGE = _StdlibBridge()
 
 
 class LogObserver:

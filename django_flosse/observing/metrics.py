@@ -158,10 +158,26 @@ class MetricsObserver:
         # _NOTHING_FOLDED until its counters first move (an idle connection keeps no list).
         self._folded: dict[Connection, tuple[int, ...]] = {}
         self._thread: threading.Thread | None = None
+        # Per stream, the series every open and close moves, looked up once: ``labels()``
+        # validates its arguments and takes the metric's lock on every call, and an open
+        # calls it on the request's path. prometheus_client returns the same child for the
+        # same labels as long as nobody removes it, and this package never does.
+        self._series: dict[str, tuple[Gauge, Counter, Histogram]] = {}
+
+    def _series_of(self, stream: str) -> tuple[Gauge, Counter, Histogram]:
+        series = self._series.get(stream)
+        if series is None:
+            series = self._series[stream] = (
+                CONNECTIONS_ACTIVE.labels(stream),
+                CONNECTIONS_OPENED.labels(stream),
+                CONNECTION_DURATION.labels(stream),
+            )
+        return series
 
     def connection_opened(self, connection: Connection) -> None:
-        CONNECTIONS_ACTIVE.labels(connection.stream).inc()
-        CONNECTIONS_OPENED.labels(connection.stream).inc()
+        active, opened, _ = self._series_of(connection.stream)
+        active.inc()
+        opened.inc()
         with self._lock:
             self._folded[connection] = _NOTHING_FOLDED
             if self._thread is None or not self._thread.is_alive():
@@ -173,9 +189,10 @@ class MetricsObserver:
     def connection_closed(self, connection: Connection) -> None:
         with self._lock:
             _fold(connection, self._folded.pop(connection, _NOTHING_FOLDED))
-        CONNECTIONS_ACTIVE.labels(connection.stream).dec()
+        active, _, duration = self._series_of(connection.stream)
+        active.dec()
         CONNECTIONS_CLOSED.labels(connection.stream, connection.close_reason or "").inc()
-        CONNECTION_DURATION.labels(connection.stream).observe(connection.duration)
+        duration.observe(connection.duration)
 
     def connection_rejected(self, stream: str, reason: str) -> None:
         CONNECTIONS_REJECTED.labels(stream, reason).inc()

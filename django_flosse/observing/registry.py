@@ -16,6 +16,7 @@ The registry knows nothing of settings or logging. ``AppConfig.ready()`` wires i
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -157,6 +158,14 @@ def client_address(value: object) -> str | None:
     """
     if not isinstance(value, str) or not value or len(value) > 64:
         return None
+    return _parsed_address(value)
+
+
+# Every connection asks (its REMOTE_ADDR, the proxy header), and the same few addresses
+# come back again and again (a proxy, a load balancer, a busy client): parsing one is a few
+# microseconds on the request's path. Bounded: at most this many addresses of <= 64 chars.
+@functools.lru_cache(maxsize=1024)
+def _parsed_address(value: str) -> str | None:
     try:
         return str(ipaddress.ip_address(value.split("%")[0]))
     except ValueError:

@@ -7,7 +7,7 @@ request doubles: 0.2.0's own tests called views with mocks shaped like a request
 from __future__ import annotations
 
 import contextlib
-import uuid
+import secrets
 from typing import Any
 
 from django.http import HttpRequest
@@ -21,6 +21,7 @@ __all__ = [
     "connection_for",
     "connection_of",
     "last_event_id",
+    "new_connection_id",
 ]
 
 # Where the request keeps its stream's connection, for ``subscribe(request, ...)``. An
@@ -78,6 +79,12 @@ def last_event_id(request: HttpRequest) -> str:
     return value if isinstance(value, str) else ""
 
 
+def new_connection_id() -> str:
+    """32 random hex digits, as ``uuid4().hex`` gave, at a quarter of its cost (no ``UUID``
+    object per connection, no version bits: all 128 bits are random)."""
+    return secrets.token_hex(16)
+
+
 def _route(request: HttpRequest) -> str:
     match = getattr(request, "resolver_match", None)
     route = getattr(match, "route", "")
@@ -92,7 +99,7 @@ def connection_for(request: HttpRequest, stream: str, user: Any, config: Config)
         username = str(user.get_username())[:MAX_USERNAME_LENGTH]
     path = getattr(request, "path", "")
     return Connection(
-        id=uuid.uuid4().hex,
+        id=new_connection_id(),
         stream=stream,
         path=path[:MAX_PATH_LENGTH] if isinstance(path, str) else "",
         route=_route(request)[:MAX_PATH_LENGTH],

@@ -22,7 +22,6 @@ import asyncio
 import random
 import secrets
 import time
-import uuid
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from ..observing.registry import Connection, Registry, registry
 from . import shutdown
 from ._alarms import alarms_of
 from ._bridge import ThreadedSource
-from ._clients import attach_to_request, connection_for
+from ._clients import attach_to_request, connection_for, new_connection_id
 from ._db import (
     IDLE_STEP_SECONDS,
     arelease_while_idle,
@@ -103,7 +102,7 @@ class Stream:
         release_db_when_idle: bool = False,
         registry: Registry = registry,
     ) -> None:
-        self.connection = connection or Connection(id=uuid.uuid4().hex, stream=name)
+        self.connection = connection or Connection(id=new_connection_id(), stream=name)
         self.started = False
         self._registry = registry
         self._source = source
