@@ -7,9 +7,11 @@ views with mocks shaped like a request) must still give a connection.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
+import weakref
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import MagicMock
@@ -19,8 +21,10 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.test import RequestFactory, override_settings
 from django.urls import resolve
 
+from django_flosse.broadcasting import subscribe
 from django_flosse.conf import get_config
 from django_flosse.observing.registry import Connection, registry
+from django_flosse.streaming import _clients
 from django_flosse.streaming._clients import (
     MAX_HEADER_LENGTH,
     attach_to_request,
@@ -29,7 +33,9 @@ from django_flosse.streaming._clients import (
     connection_of,
 )
 from tests import views
+from tests.support import subscribing
 from tests.support.responses import close_response
+from tests.support.subscribing import use_memory
 
 
 def _opened_connection(request: Any) -> Connection:
@@ -190,19 +196,61 @@ def test_request_doubles_give_an_empty_connection(request_double: Any) -> None:
     assert connection.process == f"{socket.gethostname()}:{os.getpid()}"
 
 
-def test_subscribe_finds_the_connection_of_its_request(rf: RequestFactory) -> None:
+def test_subscribe_finds_the_connection_of_its_request_without_an_attribute_on_it(
+    rf: RequestFactory,
+) -> None:
+    """The connection is found from the request, for as long as the request lives, without
+    growing the request's ``__dict__`` (an attribute beyond those its class's instances
+    share makes the dict 768 bytes bigger for the connection's whole life)."""
     request = rf.get("/s/")
+    attributes = set(vars(request))
     connection = Connection(id="c1", stream="clients.unit")
     attach_to_request(request, connection)
     assert connection_of(request) is connection
     assert connection_of(rf.get("/s/")) is None
+    assert set(vars(request)) == attributes
+    del request
+    gc.collect()  # a request may sit in a reference cycle, like Django's
+    assert all(kept is not connection for kept in _clients._CONNECTIONS.values())
 
 
-class _NoAttributes:
+def test_a_closed_connection_and_its_subscription_go_with_their_request_in_one_collection(
+    settings: Any,
+) -> None:
+    """A subscription holds its connection and the connection's close callback holds the
+    subscription. Were that pair still in place once the connection closed, the weak map
+    (which holds the connection while the request lives) would keep it alive through the
+    collection that frees the request, until the next full one: after a reconnect storm,
+    a thousand connections and subscriptions outlived their streams (the storm test's
+    object count, taken after one collection, failed about one run in two)."""
+    use_memory(settings)
+    request = subscribing.request()
+    connection = subscribing.opened_connection(request)
+    subscription = subscribe(request, "clients.topic")
+    assert connection_of(request) is connection and connection.close_callbacks()
+    gone = weakref.ref(subscription)
+    # The view's generator frame: the request and the subscription, in a reference cycle
+    # (a cancelled task's traceback makes one).
+    frame: list[Any] = [request, subscription]
+    frame.append(frame)
+    registry.close(connection, "cancelled")
+    assert connection.close_callbacks() == ()  # they ran, once: nothing keeps them
+    connection_id = connection.id
+    del request, connection, subscription, frame
+    gc.disable()  # exactly one collection
+    try:
+        gc.collect()
+        assert gone() is None
+        assert all(kept.id != connection_id for kept in _clients._CONNECTIONS.values())
+    finally:
+        gc.enable()
+
+
+class _NoWeakReference:
     __slots__ = ()
 
 
-def test_a_request_double_that_takes_no_attributes_has_no_connection() -> None:
-    double = _NoAttributes()
+def test_a_request_double_that_takes_no_weak_reference_has_no_connection() -> None:
+    double = _NoWeakReference()
     attach_to_request(double, Connection(id="c2", stream="clients.unit"))  # type: ignore[arg-type]
     assert connection_of(double) is None  # type: ignore[arg-type]

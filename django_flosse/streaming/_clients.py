@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import weakref
 from typing import Any
 
 from django.http import HttpRequest
@@ -23,13 +24,17 @@ __all__ = [
     "last_event_id",
 ]
 
-# Where the request keeps its stream's connection, for ``subscribe(request, ...)``. An
-# attribute costs 768 bytes per connection on uvicorn (one attribute beyond those
-# ``ASGIRequest``'s instances share turns its compact dict into a full one), but a weak map
-# from request to connection instead kept about a thousand connections and their
-# subscriptions alive after a reconnect storm on the redis backend (the storm test's object
-# count; the cause was not found): the attribute stays.
-_CONNECTION_ATTRIBUTE = "_flosse_connection"
+# The connection of each request that opened a stream, for ``subscribe(request, ...)``.
+# Not an attribute of the request: one attribute beyond those its class's instances share
+# turns the request's compact (split-keys) ``__dict__`` into a full one, 768 bytes per
+# connection on uvicorn; an entry here costs a weak reference and a slot, about 130.
+# The value is held strongly: a closed connection must keep nothing of its stream. While
+# the stream runs, its ``wake`` reaches the view's generator and so the request, but the
+# registry holds it then anyway; once closed, the stream has dropped ``wake`` and the
+# registry the close callbacks (a subscription and its connection refer to each other: that
+# pair, still held here when the request's own cycle was collected, needed one more full
+# collection; the storm test's object count saw a thousand of them).
+_CONNECTIONS: weakref.WeakKeyDictionary[Any, Connection] = weakref.WeakKeyDictionary()
 
 #: Longest Last-Event-ID / user agent kept (a header is the client's to make up).
 MAX_HEADER_LENGTH = 512
@@ -106,12 +111,15 @@ def connection_for(request: HttpRequest, stream: str, user: Any, config: Config)
 
 
 def attach_to_request(request: HttpRequest, connection: Connection) -> None:
-    """Let code that gets the request (``subscribe()``) find its stream's connection."""
-    with contextlib.suppress(AttributeError):  # a request double that takes no attributes
-        setattr(request, _CONNECTION_ATTRIBUTE, connection)
+    """Let code that gets the request (``subscribe()``) find its stream's connection, for
+    as long as the request lives."""
+    with contextlib.suppress(TypeError):  # a request double that takes no weak reference
+        _CONNECTIONS[request] = connection
 
 
 def connection_of(request: HttpRequest) -> Connection | None:
     """The connection of the stream ``request`` opened, if it opened one."""
-    connection = getattr(request, _CONNECTION_ATTRIBUTE, None)
-    return connection if isinstance(connection, Connection) else None
+    try:
+        return _CONNECTIONS.get(request)
+    except TypeError:
+        return None
