@@ -7,9 +7,11 @@ views with mocks shaped like a request) must still give a connection.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
+import weakref
 from types import SimpleNamespace
 from typing import Any
 from unittest.mock import MagicMock
@@ -19,6 +21,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.test import RequestFactory, override_settings
 from django.urls import resolve
 
+from django_flosse.broadcasting import subscribe
 from django_flosse.conf import get_config
 from django_flosse.observing.registry import (
     Connection,
@@ -34,7 +37,9 @@ from django_flosse.streaming._clients import (
     connection_of,
 )
 from tests import views
+from tests.support import subscribing
 from tests.support.responses import close_response
+from tests.support.subscribing import use_memory
 
 
 def _opened_connection(request: Any) -> Connection:
@@ -216,6 +221,28 @@ def test_subscribe_finds_the_connection_of_its_request(rf: RequestFactory) -> No
     attach_to_request(request, connection)
     assert connection_of(request) is connection
     assert connection_of(rf.get("/s/")) is None
+
+
+def test_a_closed_connection_keeps_nothing_of_its_subscription(settings: Any) -> None:
+    """A subscription holds its connection and the connection's close callback holds the
+    subscription. Once the connection is closed the callback has run and goes: the
+    subscription is freed when its stream lets it go, not at the next full collection of
+    the finished request's cycle (which the connection, the request's attribute, is in)."""
+    use_memory(settings)
+    request = subscribing.request()
+    connection = subscribing.opened_connection(request)
+    subscription = subscribe(request, "clients.topic")
+    assert connection_of(request) is connection and connection.close_callbacks()
+    gone = weakref.ref(subscription)
+    registry.close(connection, "cancelled")
+    assert connection.close_callbacks() == ()  # they ran, once: nothing keeps them
+    gc.disable()  # no collection: only references count
+    try:
+        del subscription
+        assert gone() is None
+        assert connection_of(request) is connection
+    finally:
+        gc.enable()
 
 
 class _NoAttributes:

@@ -340,7 +340,11 @@ class Registry:
                 if self._per_user[user_key] <= 0:
                     del self._per_user[user_key]
         self._notify("connection_closed", connection)
-        for callback in connection.close_callbacks():
+        # Each runs once, and the list goes with them: a subscription holds its connection
+        # and its callback holds the subscription, a cycle that would keep the subscription
+        # for as long as the connection (the request's attribute) lives.
+        callbacks, connection._on_close = connection.close_callbacks(), None
+        for callback in callbacks:
             try:
                 callback()
             except Exception:  # like an observer: never break the close

@@ -25,11 +25,11 @@ __all__ = [
 ]
 
 # Where the request keeps its stream's connection, for ``subscribe(request, ...)``. An
-# attribute costs 768 bytes per connection on uvicorn (one attribute beyond those
-# ``ASGIRequest``'s instances share turns its compact dict into a full one), but a weak map
-# from request to connection instead kept about a thousand connections and their
-# subscriptions alive after a reconnect storm on the redis backend (the storm test's object
-# count; the cause was not found): the attribute stays.
+# attribute costs 768 bytes of Python objects per connection on uvicorn (one attribute
+# beyond those ``ASGIRequest``'s instances share turns its compact dict into a full one). A
+# weak map from request to connection saved them, but not in the server's RSS (seven
+# alternated pairs of the benchmark's workload C), and a map outlives the request's cycle:
+# the attribute stays (docs/performance.md, "Third round").
 _CONNECTION_ATTRIBUTE = "_flosse_connection"
 
 #: Longest Last-Event-ID / user agent kept (a header is the client's to make up).

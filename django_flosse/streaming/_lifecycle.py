@@ -186,8 +186,9 @@ class Stream:
         limit = None
         if self._max_duration is not None:
             # Jittered down so that streams opened together do not all end together.
-            duration = self._max_duration * random.uniform(0.9, 1.0)
-            limit = loop.call_later(duration, conn.request_stop, reasons.TIMEOUT)
+            limit = loop.call_later(
+                self._max_duration * random.uniform(0.9, 1.0), conn.request_stop, reasons.TIMEOUT
+            )
         sends = None if self._send_timeout is None else watch_sends(self, self._send_timeout)
         # Once the producer has waited IDLE_STEP_SECONDS for its next item (a poll loop's
         # sleep), release the database connections its async ORM calls opened: a timer per
@@ -196,9 +197,8 @@ class Stream:
         # thread, which refuses a second call while one of the producer's is in flight
         # ("would deadlock"): there the release waits until the producer is at a yield,
         # after an item that came after a long wait.
-        release_db = self._release_db_when_idle
-        release_while_waiting = release_db and not self.on_private_loop
-        release_at_yield = release_db and self.on_private_loop
+        release_while_waiting = self._release_db_when_idle and not self.on_private_loop
+        release_at_yield = self._release_db_when_idle and self.on_private_loop
         release_pending = release_while_waiting
         release_due = False
         waiting_since: float | None = None  # since the current step first had to wait
@@ -210,9 +210,7 @@ class Stream:
         # Restored at the end by binding what was bound before (Ellipsis: nothing), not by
         # the tokens bind_contextvars returns: they would be kept for the connection's
         # whole life (two tokens and their dict, 312 bytes).
-        was_bound = structlog.contextvars.get_contextvars()
-        was_id, was_stream = was_bound.get("connection_id", ...), was_bound.get("stream", ...)
-        del was_bound
+        was_id, was_stream = _log_context_before()
         structlog.contextvars.bind_contextvars(connection_id=conn.id, stream=conn.stream)
         try:
             finished = False
@@ -279,8 +277,10 @@ class Stream:
                         if not ready:
                             break
                         if waiting_since is not None:  # this item came after a wait
-                            waited = time.monotonic() - waiting_since
-                            release_due = release_at_yield and waited >= IDLE_STEP_SECONDS
+                            release_due = (
+                                release_at_yield
+                                and time.monotonic() - waiting_since >= IDLE_STEP_SECONDS
+                            )
                             waiting_since = None
                         release_pending = release_while_waiting  # it may have queried again
                         frame = encode(item) if encode is not None else item
@@ -316,11 +316,12 @@ class Stream:
                     paused = took >= SHARE_LOOP_SECONDS
                     quiet_chunks = 0 if seen != busy_at or paused else quiet_chunks + 1
                     busy_at = seen
-                    shared = (
-                        quiet_chunks < SHARE_MIN_CHUNKS
+                    cap = (
+                        MIN_CHUNK_BYTES
+                        if quiet_chunks < SHARE_MIN_CHUNKS
                         or time.monotonic() - busy_at < SHARE_LOOP_SECONDS
+                        else MAX_CHUNK_BYTES
                     )
-                    cap = MIN_CHUNK_BYTES if shared else MAX_CHUNK_BYTES
             if conn.stop_reason is not None:  # asked to stop: terminated, shutdown, timeout
                 reason = conn.stop_reason or reasons.TERMINATED
                 await self._cancel_producer(step)
@@ -400,6 +401,14 @@ class Stream:
             exc_info=exc,
         )
         return error_frame(exc, error_id)
+
+
+def _log_context_before() -> tuple[Any, Any]:
+    """The ``connection_id`` and ``stream`` bound before a stream binds its own (Ellipsis:
+    none), to bind back at its end. A function of its own: every local of
+    :meth:`Stream.frames` is a slot of its frame, kept for the connection's whole life."""
+    bound = structlog.contextvars.get_contextvars()
+    return bound.get("connection_id", ...), bound.get("stream", ...)
 
 
 # --------------------------------------------------------------------------- opening
