@@ -15,6 +15,7 @@ import json
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -463,14 +464,33 @@ def _running_loop_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "flosse-broadcast-redis"]
 
 
+def _where(threads: list[threading.Thread]) -> str:
+    """Where each of ``threads`` is (for the message of a failed assertion)."""
+    frames = sys._current_frames()
+    return "\n".join(
+        f"{thread!r}:\n" + "".join(traceback.format_stack(frames[thread.ident]))
+        for thread in threads
+        if thread.ident in frames
+    )
+
+
 def test_close_stops_the_thread_and_ends_subscriptions(redis: RedisServer) -> None:
     reader = Reader(subscribe(request(), "c"), until=1, start=False)
     reader.start()
     joined("c")
-    backend().close()
+    b = backend()
+    loop_thread = b._thread._thread
+    assert loop_thread is not None
+    started = time.monotonic()
+    b.close()
+    took = time.monotonic() - started
     reader.thread.join(WAIT)
     assert not reader.thread.is_alive() and reader.error is None and reader.events == []
-    assert _running_loop_threads() == []
+    assert not loop_thread.is_alive(), f"close() returned after {took:.2f} s\n" + _where(
+        [loop_thread]
+    )
+    left = _running_loop_threads()  # another test's backend that did not stop
+    assert left == [], _where(left)
 
 
 def test_outage_with_data_kept_subscribers_stay(own_redis: RedisServer) -> None:

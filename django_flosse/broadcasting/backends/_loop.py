@@ -21,10 +21,29 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-__all__ = ["LoopThread"]
+__all__ = ["LoopThread", "cancel_surely"]
 
 #: Rounds of "cancel what is left" at the end (cleanups may start tasks of their own).
 _CANCEL_ROUNDS = 5
+#: Loop turns on which ``cancel_surely`` cancels again a task that still runs.
+_CANCEL_AGAIN_TURNS = 3
+
+
+def cancel_surely(task: asyncio.Future[Any], turns: int = _CANCEL_AGAIN_TURNS) -> None:
+    """Cancel ``task``, and again on the next ``turns`` loop turns while it still runs.
+
+    Why once is not enough: before Python 3.12, ``asyncio.wait_for`` drops a cancel that
+    comes while the awaitable it waits for has just finished (CPython gh-86296), and
+    redis-py wraps every command it sends in one. A cancelled read of the Redis reader then
+    went on to block for its whole ``XREAD BLOCK``: a new topic's first events and
+    ``close()`` waited up to 2 s. The task goes on to its next await within the turn it
+    drops the cancel, where the next cancel reaches it.
+    """
+    if task.done():
+        return
+    task.cancel()
+    if turns > 0:
+        task.get_loop().call_soon(cancel_surely, task, turns - 1)
 
 
 class LoopThread:
@@ -120,5 +139,5 @@ class LoopThread:
             if not tasks:
                 return
             for task in tasks:
-                task.cancel()
+                cancel_surely(task)
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -65,7 +65,7 @@ from django.core.exceptions import ImproperlyConfigured
 from ...conf import Config
 from ...observing.log import BROADCAST_BACKEND_ERROR, get_logger
 from .._messages import Draft, Message
-from ._loop import LoopThread
+from ._loop import LoopThread, cancel_surely
 from ._outage import BACKOFF, Outage
 from .base import (
     KEEP_PAGES_SECONDS,
@@ -451,7 +451,7 @@ class RedisBackend(Backend):
         """Make the reader issue its read again (a new topic) or look at ``_stopping``."""
         reading = self._reading
         if reading is not None:
-            reading.cancel()
+            cancel_surely(reading)  # a plain cancel may be dropped before Python 3.12
         assert self._wake is not None
         self._wake.set()
 
