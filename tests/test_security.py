@@ -453,7 +453,9 @@ def test_an_oversized_last_event_id_is_stored_truncated_and_the_view_still_works
 
 BAD_IDS = [
     pytest.param("1\r\nevent: pwned\r\n\r\ndata: injected", id="crlf"),
-    pytest.param("1\nid: 666", id="lf"),
+    # Markers with letters that are not hex digits: the error frame carries a random hex
+    # error_id ("8666f0da" once held "666", the marker this case used to have).
+    pytest.param("1\nid: forged", id="lf"),
     pytest.param("1\revent: pwned", id="cr"),
     pytest.param("1\x00event: pwned", id="nul"),
 ]
@@ -469,7 +471,7 @@ def test_a_malformed_last_event_id_echoed_back_cannot_inject_a_field(
         response = Client().get(url, HTTP_LAST_EVENT_ID=header)
         body = read_all(response)
         history.flush()
-    assert b"pwned" not in body and b"injected" not in body and b"666" not in body
+    assert b"pwned" not in body and b"injected" not in body and b"forged" not in body
     events = parse_events(body)
     assert [e.event for e in events] == ["error"]  # SSEEvent / tuple id refused: ValueError
     assert events[0].id is None
