@@ -4,7 +4,7 @@ The Redis backend's reader is cancelled to issue its ``XREAD`` again (a join bro
 topic) or to stop (``close()``). Its command is redis-py's: a send inside
 ``asyncio.wait_for``, then a read that blocks. Before Python 3.12, ``wait_for`` drops a cancel
 that comes just as the send finished (CPython gh-86296), and the read then blocked to its end:
-found by ``test_close_stops_the_thread_and_ends_subscriptions`` in CI on Python 3.10.
+found by ``test_close_stops_the_thread_and_ends_subscriptions`` in CI's matrix.
 """
 
 from __future__ import annotations
