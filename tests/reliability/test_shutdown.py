@@ -26,7 +26,7 @@ the worker, where our handler runs, as a process manager that signals the whole 
 (systemd's default): granian's parent sets a ``threading.Event`` from a Python signal
 handler, and a second signal that comes while that handler holds the Event's lock runs the
 handler again inside it, which deadlocks the parent (granian 2.8.9, every Python; failed
-CI once on 3.10, see docs/servers.md).
+a whole-suite run once on 3.10, see docs/servers.md).
 
 ``max_duration=1``: the stream ends with reason ``timeout`` and a final frame with
 ``retry:``, after a duration jittered down by up to 10%.
